@@ -1,0 +1,17 @@
+//! Host-side bindings generated from the WIT contract in `wit/`.
+//!
+//! WIT resources map to host types kept in each instance's `ResourceTable`: `tensor`
+//! to [`crate::tensor::Tensor`], `model` to [`crate::instance::ModelHandle`].
+
+wasmtime::component::bindgen!({
+    world: "handler",
+    path: "../wit",
+    imports: { default: trappable },
+    with: {
+        "runinfer:handler/types.tensor": crate::tensor::Tensor,
+        "runinfer:handler/inference.model": crate::instance::ModelHandle,
+    },
+});
+
+pub use self::runinfer::handler::{inference, log, metrics, types};
+pub use exports::runinfer::handler::handler_api as api;

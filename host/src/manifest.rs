@@ -1,0 +1,393 @@
+//! `plugin.toml`: parsed and validated in one place.
+//!
+//! Every error names the file, the key and what was expected; nothing here panics on
+//! bad input.
+
+use crate::model::BackendKind;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Component, Path, PathBuf};
+
+/// The file name of a plugin manifest inside a plugin directory.
+pub const MANIFEST_FILE: &str = "plugin.toml";
+
+/// A manifest that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The manifest file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or a key has the wrong type (the message names the key,
+    /// line and expected type).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The manifest file.
+        path: PathBuf,
+        /// What toml/serde said, with the position.
+        message: String,
+    },
+    /// A value is well-typed but not acceptable.
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        /// The manifest file.
+        path: PathBuf,
+        /// The dotted key.
+        key: String,
+        /// What was expected.
+        message: String,
+    },
+}
+
+/// A plugin's `plugin.toml`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Plugin name: letters, digits, `-` and `_`.
+    pub name: String,
+    /// The component file, relative to the plugin directory.
+    pub component: PathBuf,
+    /// The tenant that owns the plugin.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// Overrides the handler's metrics namespace.
+    pub metrics_namespace: Option<String>,
+    /// Models the handler may open, by name.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelEntry>,
+    /// Overrides the handler's batching kwargs.
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Sandbox limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Handler constructor arguments, passed to `init`.
+    #[serde(default)]
+    pub args: BTreeMap<String, toml::Value>,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+/// A model granted to the plugin: a path, or a table with options.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a path string or a table like { path = \"models/m.onnx\" }"
+)]
+pub enum ModelEntry {
+    /// `name = "models/m.onnx"`
+    Path(PathBuf),
+    /// `name = { path = "models/m.onnx", backend = "tract" }`
+    Table {
+        /// Relative to the plugin directory.
+        path: PathBuf,
+        /// Inference engine.
+        #[serde(default)]
+        backend: BackendKind,
+    },
+}
+
+impl ModelEntry {
+    /// The model file, relative to the plugin directory.
+    pub fn path(&self) -> &Path {
+        match self {
+            ModelEntry::Path(path) | ModelEntry::Table { path, .. } => path,
+        }
+    }
+
+    /// The engine that runs it.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            ModelEntry::Path(_) => BackendKind::default(),
+            ModelEntry::Table { backend, .. } => *backend,
+        }
+    }
+}
+
+/// `[batching]`: Beam's `batch_elements_kwargs`, overriding the handler's own.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Smallest batch the host forms while examples keep coming.
+    pub min_batch_size: Option<u32>,
+    /// Largest batch.
+    pub max_batch_size: Option<u32>,
+    /// Longest time the oldest example of a batch waits.
+    pub max_batch_duration_ms: Option<u32>,
+}
+
+/// `[limits]`: what one handler instance may use.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory cap per instance, in MiB.
+    pub memory_mb: u32,
+    /// Time limit for one call into the handler, in milliseconds.
+    pub timeout_ms: u64,
+    /// Handler instances kept warm.
+    pub instances: Option<u32>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 256,
+            timeout_ms: 10_000,
+            instances: None,
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads and validates `dir/plugin.toml`.
+    pub fn load(dir: &Path) -> Result<Manifest, ManifestError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| ManifestError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&text, &path)
+    }
+
+    /// Parses and validates manifest text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let manifest: Manifest = toml::from_str(text).map_err(|e| ManifestError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        manifest.validate(path)?;
+        Ok(manifest)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ManifestError> {
+        let invalid = |key: &str, message: String| ManifestError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            message,
+        };
+        check_name(&self.name).map_err(|m| invalid("name", m))?;
+        check_name(&self.tenant).map_err(|m| invalid("tenant", m))?;
+        if let Some(ns) = &self.metrics_namespace {
+            check_name(ns).map_err(|m| invalid("metrics_namespace", m))?;
+        }
+        check_relative(&self.component).map_err(|m| invalid("component", m))?;
+        for (name, entry) in &self.models {
+            check_name(name).map_err(|m| invalid(&format!("models.{name}"), m))?;
+            check_relative(entry.path()).map_err(|m| invalid(&format!("models.{name}"), m))?;
+        }
+        let b = &self.batching;
+        for (key, value) in [
+            ("batching.min_batch_size", b.min_batch_size),
+            ("batching.max_batch_size", b.max_batch_size),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(
+                    key,
+                    "expected an integer of at least 1, got 0".into(),
+                ));
+            }
+        }
+        if let (Some(min), Some(max)) = (b.min_batch_size, b.max_batch_size)
+            && min > max
+        {
+            return Err(invalid(
+                "batching.min_batch_size",
+                format!("expected at most max_batch_size ({max}), got {min}"),
+            ));
+        }
+        if self.limits.memory_mb == 0 {
+            return Err(invalid("limits.memory_mb", "expected at least 1".into()));
+        }
+        if self.limits.timeout_ms == 0 {
+            return Err(invalid("limits.timeout_ms", "expected at least 1".into()));
+        }
+        if self.limits.instances == Some(0) {
+            return Err(invalid("limits.instances", "expected at least 1".into()));
+        }
+        for (key, value) in &self.args {
+            arg_string(value).map_err(|m| invalid(&format!("args.{key}"), m))?;
+        }
+        Ok(())
+    }
+
+    /// The `[args]` as the `(name, value)` strings the handler's `init` receives:
+    /// strings as they are, other values as TOML literals, arrays and tables as JSON.
+    pub fn handler_args(&self) -> Vec<(String, String)> {
+        self.args
+            .iter()
+            .map(|(k, v)| (k.clone(), arg_string(v).unwrap_or_default()))
+            .collect()
+    }
+}
+
+fn arg_string(value: &toml::Value) -> Result<String, String> {
+    Ok(match value {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => d.to_string(),
+        array_or_table => serde_json::to_string(array_or_table)
+            .map_err(|e| format!("cannot pass this value to the handler: {e}"))?,
+    })
+}
+
+/// Names that end up in metric names, file names and logs.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected 1-64 letters, digits, `-` or `_`, starting with a letter or digit, got {name:?}"
+        ))
+    }
+}
+
+/// Paths in a manifest stay inside the plugin directory.
+fn check_relative(path: &Path) -> Result<(), String> {
+    if path.as_os_str().is_empty() {
+        return Err("expected a file path, got an empty string".into());
+    }
+    for component in path.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "expected a path inside the plugin directory, got {:?}",
+                    path.display().to_string()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, String> {
+        Manifest::parse(text, Path::new("plugins/x/plugin.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_manifest_parses() {
+        let m = parse(
+            r#"
+            name = "iris"
+            component = "iris.wasm"
+            tenant = "team-a"
+            metrics_namespace = "iris_ns"
+            [models]
+            iris = "models/iris.onnx"
+            other = { path = "models/other.onnx", backend = "tract" }
+            [batching]
+            min_batch_size = 2
+            max_batch_size = 32
+            max_batch_duration_ms = 5
+            [limits]
+            memory_mb = 64
+            timeout_ms = 500
+            instances = 2
+            [args]
+            labels = "a,b,c"
+            threshold = 0.5
+            sizes = [1, 2]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.models["iris"].path(), Path::new("models/iris.onnx"));
+        assert_eq!(m.models["other"].backend(), BackendKind::Tract);
+        assert_eq!(m.batching.max_batch_size, Some(32));
+        assert_eq!(m.limits.instances, Some(2));
+        assert_eq!(
+            m.handler_args(),
+            vec![
+                ("labels".into(), "a,b,c".into()),
+                ("sizes".into(), "[1,2]".into()),
+                ("threshold".into(), "0.5".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let m = parse("name = \"t\"\ncomponent = \"t.wasm\"\n").unwrap();
+        assert_eq!(m.tenant, "default");
+        assert_eq!(m.limits, Limits::default());
+        assert!(m.models.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_expectation() {
+        let err =
+            parse("name = \"t\"\ncomponent = \"t.wasm\"\n[batching]\nmax_batch_size = \"big\"\n")
+                .unwrap_err();
+        assert!(err.starts_with("plugins/x/plugin.toml: "), "{err}");
+        assert!(
+            err.contains("max_batch_size") && err.contains("expected u32"),
+            "{err}"
+        );
+        assert!(err.contains("line 4"), "{err}");
+
+        let err = parse("name = \"t\"\ncomponent = \"t.wasm\"\nmodel = {}\n").unwrap_err();
+        assert!(err.contains("unknown field `model`"), "{err}");
+
+        let err = parse("name = \"t\"\n").unwrap_err();
+        assert!(err.contains("missing field `component`"), "{err}");
+
+        let err =
+            parse("name = \"t\"\ncomponent = \"t.wasm\"\n[models]\nm = \"../../etc/passwd\"\n")
+                .unwrap_err();
+        assert_eq!(
+            err,
+            "plugins/x/plugin.toml: `models.m`: expected a path inside the plugin directory, got \"../../etc/passwd\""
+        );
+
+        let err = parse("name = \"t\"\ncomponent = \"/abs.wasm\"\n").unwrap_err();
+        assert!(err.contains("`component`: expected a path inside"), "{err}");
+
+        let err = parse("name = \"a b\"\ncomponent = \"t.wasm\"\n").unwrap_err();
+        assert!(err.contains("`name`: expected 1-64 letters"), "{err}");
+
+        let err = parse(
+            "name = \"t\"\ncomponent = \"t.wasm\"\n[batching]\nmin_batch_size = 8\nmax_batch_size = 4\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`batching.min_batch_size`: expected at most max_batch_size (4), got 8"),
+            "{err}"
+        );
+
+        let err = parse("name = \"t\"\ncomponent = \"t.wasm\"\n[models]\nm = 3\n").unwrap_err();
+        assert!(err.contains("a path string or a table"), "{err}");
+
+        let err =
+            parse("name = \"t\"\ncomponent = \"t.wasm\"\n[limits]\nmemory_mb = 0\n").unwrap_err();
+        assert!(
+            err.contains("`limits.memory_mb`: expected at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn malformed_toml_is_an_error_not_a_panic() {
+        let err = parse("name = \"t\ncomponent = \n").unwrap_err();
+        assert!(err.starts_with("plugins/x/plugin.toml: "), "{err}");
+    }
+}

@@ -1,0 +1,129 @@
+//! The `runinfer` binary end to end: the README's quick start and dead-letter files.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn runinfer() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runinfer"));
+    cmd.current_dir(root()).env(
+        "RUNINFER_CACHE_DIR",
+        root().join("target/test-compile-cache"),
+    );
+    cmd
+}
+
+fn golden_labels() -> Vec<String> {
+    std::fs::read_to_string(root().join("tests/golden/iris.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["label"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn quick_start_prints_one_prediction_per_line_with_the_right_labels() {
+    let out = runinfer()
+        .args(["run", "iris", "examples/iris.jsonl"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let labels: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["inference"]["label"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(labels, golden_labels());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("150 lines -> 150 predictions, 0 dead letters"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn stdin_input_and_dead_letter_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    let preds = dir.path().join("preds.jsonl");
+    let mut child = runinfer()
+        .args(["run", "iris", "--quiet", "--dead-letters"])
+        .arg(&dead)
+        .arg("--output")
+        .arg(&preds)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"[5.1, 3.5, 1.4, 0.2]\n{\"key\": \"b\", \"example\": [1]}\n")
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let preds = std::fs::read_to_string(preds).unwrap();
+    let dead = std::fs::read_to_string(dead).unwrap();
+    assert_eq!(preds.lines().count(), 1);
+    let d: serde_json::Value = serde_json::from_str(dead.lines().next().unwrap()).unwrap();
+    assert_eq!(d["line"], 2);
+    assert_eq!(d["key"], "b");
+    assert_eq!(
+        d["error"]["message"],
+        "expected a tensor of shape [4], got [1]"
+    );
+}
+
+#[test]
+fn list_and_inspect_describe_the_bundled_plugins() {
+    let out = runinfer().arg("list").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for name in ["iris", "onnx-tensor", "text-stats"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.contains(" ok ")),
+            "{stdout}"
+        );
+    }
+    let out = runinfer().args(["inspect", "iris"]).output().unwrap();
+    assert!(out.status.success());
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["handler"]["input"]["kind"], "tensor");
+    assert_eq!(info["models"][0]["inputs"][0]["name"], "input");
+    assert_eq!(info["models"][0]["outputs"][1]["name"], "probabilities");
+}
+
+#[test]
+fn an_unknown_plugin_is_a_clear_error() {
+    let out = runinfer()
+        .args(["run", "nope", "examples/iris.jsonl"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no plugin `nope`"), "{stderr}");
+}

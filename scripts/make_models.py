@@ -1,0 +1,125 @@
+"""Builds the bundled ONNX models, the example data and the golden outputs.
+
+Run with the venv of scripts/python-env.sh:
+    $(scripts/python-env.sh) scripts/make_models.py
+
+Outputs (all committed, so building and testing need no Python):
+  plugins/iris/models/iris.onnx          MLP trained on the Iris data (skl2onnx)
+  plugins/onnx-tensor/models/tiny_mlp.onnx  a small two-output MLP on [N, 2, 3] inputs
+  examples/iris.jsonl, examples/tensors.jsonl
+  tests/golden/iris.jsonl, tests/golden/tiny_mlp.jsonl  onnxruntime's outputs
+"""
+
+import json
+import pathlib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from skl2onnx import convert_sklearn
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.datasets import load_iris
+from sklearn.neural_network import MLPClassifier
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row, separators=(",", ":")) + "\n")
+
+
+def f32_list(a):
+    # float32 -> shortest decimal that reads back as the same float32
+    return [float(np.format_float_positional(np.float32(v), unique=True)) for v in a]
+
+
+def iris():
+    data = load_iris()
+    x = data.data.astype(np.float32)
+    # No scaler step (tract has no ONNX-ML Scaler) and zipmap=False (no ZipMap).
+    clf = MLPClassifier(hidden_layer_sizes=(16,), max_iter=3000, random_state=0)
+    clf.fit(x, data.target)
+    model = convert_sklearn(
+        clf,
+        "iris",
+        initial_types=[("input", FloatTensorType([None, 4]))],
+        options={id(clf): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    path = ROOT / "plugins/iris/models/iris.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels, probs = sess.run(["label", "probabilities"], {"input": x})
+    names = list(data.target_names)
+    write_jsonl(ROOT / "examples/iris.jsonl", [f32_list(row) for row in x])
+    write_jsonl(
+        ROOT / "tests/golden/iris.jsonl",
+        [
+            {
+                "example": f32_list(row),
+                "species": names[t],
+                "label": names[int(l)],
+                "probabilities": dict(zip(names, f32_list(p))),
+            }
+            for row, t, l, p in zip(x, data.target, labels, probs)
+        ],
+    )
+    accuracy = float((labels == data.target).mean())
+    print(f"iris: {path.relative_to(ROOT)}, training accuracy {accuracy:.3f}")
+
+
+def tiny_mlp():
+    rng = np.random.default_rng(7)
+    w1 = rng.normal(0, 0.5, (6, 5)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, (5,)).astype(np.float32)
+    w2 = rng.normal(0, 0.5, (5, 3)).astype(np.float32)
+    b2 = rng.normal(0, 0.1, (3,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Flatten", ["x"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "w1"], ["h0"]),
+        helper.make_node("Add", ["h0", "b1"], ["h1"]),
+        helper.make_node("Relu", ["h1"], ["hidden"]),
+        helper.make_node("MatMul", ["hidden", "w2"], ["l0"]),
+        helper.make_node("Add", ["l0", "b2"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 3])],
+        [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3]),
+            helper.make_tensor_value_info("hidden", TensorProto.FLOAT, ["N", 5]),
+        ],
+        [numpy_helper.from_array(a, n) for a, n in [(w1, "w1"), (b1, "b1"), (w2, "w2"), (b2, "b2")]],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = ROOT / "plugins/onnx-tensor/models/tiny_mlp.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+
+    x = rng.normal(0, 1, (64, 2, 3)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, hidden = sess.run(["logits", "hidden"], {"x": x})
+    examples = [[f32_list(r) for r in ex] for ex in x]
+    write_jsonl(ROOT / "examples/tensors.jsonl", examples)
+    write_jsonl(
+        ROOT / "tests/golden/tiny_mlp.jsonl",
+        [
+            {"example": ex, "logits": f32_list(l), "hidden": f32_list(h)}
+            for ex, l, h in zip(examples, logits, hidden)
+        ],
+    )
+    print(f"tiny_mlp: {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    iris()
+    tiny_mlp()

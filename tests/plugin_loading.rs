@@ -1,0 +1,186 @@
+//! Loading plugins: the compile cache, one model shared by plugins and instances,
+//! and broken plugins reported with a clear reason while the host keeps serving.
+
+use runinfer::compile::CompileSource;
+use runinfer::run::RunOptions;
+use runinfer::{ErrorCode, PluginError};
+use runinfer_e2e::*;
+use std::time::Instant;
+
+#[test]
+fn a_second_start_loads_the_compiled_component_from_the_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut reports = Vec::new();
+    for _ in 0..2 {
+        // A new host each time, as a new process would have.
+        let host = host_with_cache(Some(cache.path()));
+        let start = Instant::now();
+        let plugin = bundled(&host, "iris");
+        let ready = start.elapsed();
+        reports.push((plugin.load_report().compile, ready));
+    }
+    assert_eq!(reports[0].0.source, CompileSource::Compiled);
+    assert_eq!(reports[1].0.source, CompileSource::Cache);
+    eprintln!(
+        "iris time to ready: first {:?} (compile {:?}), second {:?} (cache load {:?})",
+        reports[0].1, reports[0].0.duration, reports[1].1, reports[1].0.duration
+    );
+    // Without a cache every start compiles.
+    let host = host_with_cache(None);
+    assert_eq!(
+        bundled(&host, "iris").load_report().compile.source,
+        CompileSource::Compiled
+    );
+}
+
+#[test]
+fn a_corrupt_cache_entry_is_recompiled() {
+    let cache = tempfile::tempdir().unwrap();
+    bundled(&host_with_cache(Some(cache.path())), "iris");
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        std::fs::write(entry.unwrap().path(), b"garbage").unwrap();
+    }
+    let host = host_with_cache(Some(cache.path()));
+    let plugin = bundled(&host, "iris");
+    assert_eq!(plugin.load_report().compile.source, CompileSource::Compiled);
+    let out = run(&plugin, b"[5.1, 3.5, 1.4, 0.2]\n", &RunOptions::default());
+    assert_eq!(out.predictions[0]["inference"]["label"], "setosa");
+}
+
+#[test]
+fn one_model_file_is_loaded_once_for_plugins_and_instances() {
+    let host = host();
+    let iris = bundled(&host, "iris");
+    // A second plugin granting the same file (through its own copy of it).
+    let twin = scratch_plugin(
+        "iris",
+        "name = \"iris-twin\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/iris.onnx\"\n",
+    );
+    let twin = host.load_plugin(twin.path()).unwrap();
+    // Several instances of each.
+    let instances: Vec<_> = (0..4).map(|_| iris.instantiate().unwrap()).collect();
+    let more: Vec<_> = (0..4).map(|_| twin.instantiate().unwrap()).collect();
+    assert_eq!(host.models().load_count(), 1);
+    assert_eq!(host.models().len(), 1);
+    let a = iris.models().next().unwrap();
+    let b = twin.models().next().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a.model, &b.model));
+    assert_eq!(a.id, b.id);
+    drop((instances, more));
+    // Both serve.
+    for plugin in [&iris, &twin] {
+        let out = run(plugin, b"[6.3, 3.3, 6.0, 2.5]\n", &RunOptions::default());
+        assert_eq!(out.predictions[0]["inference"]["label"], "virginica");
+    }
+}
+
+#[test]
+fn broken_plugins_are_reported_with_the_reason() {
+    let host = host();
+
+    let bad_manifest = scratch_plugin(
+        "iris",
+        "name = \"x\"\ncomponent = \"iris.wasm\"\n[batching]\nmax_batch_size = -1\n",
+    );
+    let err = host.load_plugin(bad_manifest.path()).err().unwrap();
+    assert!(matches!(err, PluginError::Manifest(_)));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("plugin.toml") && msg.contains("max_batch_size"),
+        "{msg}"
+    );
+
+    let missing_model = scratch_plugin(
+        "iris",
+        "name = \"x\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/nope.onnx\"\n",
+    );
+    let err = host.load_plugin(missing_model.path()).err().unwrap();
+    assert!(matches!(err, PluginError::Model { .. }), "{err}");
+    assert!(err.to_string().contains("models/nope.onnx"), "{err}");
+
+    let corrupt_model = scratch_plugin(
+        "iris",
+        "name = \"x\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/iris.onnx\"\n",
+    );
+    std::fs::write(
+        corrupt_model.path().join("models/iris.onnx"),
+        b"not a model",
+    )
+    .unwrap();
+    let err = host.load_plugin(corrupt_model.path()).err().unwrap();
+    assert!(err.to_string().contains("tract cannot load model"), "{err}");
+
+    let not_wasm = scratch_plugin("iris", "name = \"x\"\ncomponent = \"iris.wasm\"\n");
+    std::fs::write(not_wasm.path().join("iris.wasm"), b"\0asm garbage").unwrap();
+    let err = host.load_plugin(not_wasm.path()).err().unwrap();
+    assert!(matches!(err, PluginError::Component { .. }), "{err}");
+
+    // A real component of another world: the guest SDK's plugins all fit, so use
+    // a core module wrapped as nothing at all - wasm bytes of an empty component.
+    let wrong_world = scratch_plugin("iris", "name = \"x\"\ncomponent = \"iris.wasm\"\n");
+    std::fs::write(
+        wrong_world.path().join("iris.wasm"),
+        [0x00, 0x61, 0x73, 0x6d, 0x0d, 0x00, 0x01, 0x00],
+    )
+    .unwrap();
+    let err = host.load_plugin(wrong_world.path()).err().unwrap();
+    assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("runinfer:handler"), "{err}");
+
+    // The handler opens a model its manifest does not grant.
+    let ungranted = scratch_plugin(
+        "iris",
+        "name = \"x\"\ncomponent = \"iris.wasm\"\n[models]\nother = \"models/iris.onnx\"\n",
+    );
+    let err = host.load_plugin(ungranted.path()).err().unwrap();
+    match &err {
+        PluginError::Start { stage, source, .. } => {
+            assert_eq!(*stage, "load-model");
+            assert_eq!(source.code, ErrorCode::NotGranted);
+            assert_eq!(
+                source.message,
+                "model `iris` is not granted to plugin `x` (granted: other)"
+            );
+        }
+        other => panic!("{other}"),
+    }
+
+    // A failing init (bad handler args) is reported too.
+    let bad_args = scratch_plugin(
+        "text-stats",
+        "name = \"x\"\ncomponent = \"text-stats.wasm\"\n[args]\nmin_word_len = \"many\"\n",
+    );
+    let err = host.load_plugin(bad_args.path()).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "plugin `x`: init failed: invalid_input: args.min_word_len: expected an integer, got `many`"
+    );
+
+    // The host still serves the good plugins.
+    let out = run(
+        &bundled(&host, "iris"),
+        b"[5.1, 3.5, 1.4, 0.2]\n",
+        &RunOptions::default(),
+    );
+    assert_eq!(out.predictions.len(), 1);
+}
+
+#[test]
+fn plugins_are_found_by_directory_or_manifest_name() {
+    let host = host();
+    assert_eq!(
+        host.load_plugin_named(&plugins_dir(), "text-stats")
+            .unwrap()
+            .name(),
+        "text-stats"
+    );
+    let err = host
+        .load_plugin_named(&plugins_dir(), "nope")
+        .err()
+        .unwrap();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no plugin `nope`") && msg.contains("iris"),
+        "{msg}"
+    );
+}

@@ -1,0 +1,126 @@
+//! Helpers for the end-to-end tests: paths of the bundled plugins and data, a host
+//! with a private compile cache, throw-away plugin directories built from the bundled
+//! components, and running JSONL through a plugin.
+
+use runinfer::compile::CompileCache;
+use runinfer::run::{RunOptions, RunSummary, run_jsonl};
+use runinfer::{Host, HostConfig, Plugin};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The bundled plugin root (components built by host/build.rs).
+pub fn plugins_dir() -> PathBuf {
+    root().join("plugins")
+}
+
+/// A host whose compile cache lives in `cache` (or none).
+pub fn host_with_cache(cache: Option<&Path>) -> Host {
+    Host::new(HostConfig {
+        compile_cache: cache.map(CompileCache::new),
+        ..HostConfig::default()
+    })
+    .expect("host starts")
+}
+
+/// A host with a compile cache shared by the test binaries of this build.
+pub fn host() -> Host {
+    host_with_cache(Some(&root().join("target").join("test-compile-cache")))
+}
+
+/// Loads a bundled plugin.
+pub fn bundled(host: &Host, name: &str) -> Plugin {
+    host.load_plugin(&plugins_dir().join(name))
+        .unwrap_or_else(|e| panic!("bundled plugin {name} loads: {e}"))
+}
+
+/// A temporary plugin directory with the bundled `component_of` component, the given
+/// manifest and copies of the bundled plugin's `models/`.
+pub fn scratch_plugin(component_of: &str, manifest: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = plugins_dir().join(component_of);
+    std::fs::copy(
+        src.join(format!("{component_of}.wasm")),
+        dir.path().join(format!("{component_of}.wasm")),
+    )
+    .expect("bundled component exists (built by host/build.rs)");
+    let models = src.join("models");
+    if models.is_dir() {
+        std::fs::create_dir(dir.path().join("models")).unwrap();
+        for entry in std::fs::read_dir(models).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(
+                entry.path(),
+                dir.path().join("models").join(entry.file_name()),
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(dir.path().join("plugin.toml"), manifest).unwrap();
+    dir
+}
+
+/// Result of running JSONL text through a plugin.
+pub struct Output {
+    /// Prediction lines, parsed.
+    pub predictions: Vec<Value>,
+    /// Dead-letter lines, parsed.
+    pub dead_letters: Vec<Value>,
+    /// The run's summary.
+    pub summary: RunSummary,
+}
+
+/// Runs JSONL `input` through `plugin`.
+pub fn run(plugin: &Plugin, input: &[u8], options: &RunOptions) -> Output {
+    let mut predictions = Vec::new();
+    let mut dead_letters = Vec::new();
+    let summary = run_jsonl(plugin, input, &mut predictions, &mut dead_letters, options)
+        .expect("run completes");
+    Output {
+        predictions: parse_jsonl(&predictions),
+        dead_letters: parse_jsonl(&dead_letters),
+        summary,
+    }
+}
+
+/// Parses JSON lines.
+pub fn parse_jsonl(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect()
+}
+
+/// Reads a JSONL file of the repository.
+pub fn read_jsonl(relative: &str) -> Vec<Value> {
+    parse_jsonl(&std::fs::read(root().join(relative)).unwrap())
+}
+
+/// Asserts two numbers are within `tolerance`.
+pub fn assert_close(actual: &Value, expected: &Value, tolerance: f64, what: &str) {
+    let (a, e) = (actual.as_f64(), expected.as_f64());
+    match (a, e) {
+        (Some(a), Some(e)) => assert!(
+            (a - e).abs() <= tolerance,
+            "{what}: {a} differs from {e} by more than {tolerance}"
+        ),
+        _ => panic!("{what}: expected numbers, got {actual} and {expected}"),
+    }
+}
+
+/// Asserts two nested arrays of numbers have one shape and close values.
+pub fn assert_all_close(actual: &Value, expected: &Value, tolerance: f64, what: &str) {
+    match (actual, expected) {
+        (Value::Array(a), Value::Array(e)) => {
+            assert_eq!(a.len(), e.len(), "{what}: lengths differ");
+            for (i, (a, e)) in a.iter().zip(e).enumerate() {
+                assert_all_close(a, e, tolerance, &format!("{what}[{i}]"));
+            }
+        }
+        _ => assert_close(actual, expected, tolerance, what),
+    }
+}
