@@ -184,3 +184,26 @@ fn plugins_are_found_by_directory_or_manifest_name() {
         "{msg}"
     );
 }
+
+#[test]
+fn update_model_path_then_load_model_keeps_the_instance_serving() {
+    let host = host();
+    let plugin = bundled(&host, "iris");
+    let mut instance = plugin.instantiate().unwrap();
+    instance
+        .update_model_path("iris", Some("models/iris.onnx"))
+        .unwrap();
+    let example = runinfer::decode::decode_example(
+        &serde_json::json!([6.3, 3.3, 6.0, 2.5]),
+        &plugin.info().input,
+    )
+    .unwrap();
+    let result = instance.run_inference(vec![example], &[]).unwrap();
+    assert_eq!(result.values.len(), 1);
+    assert_eq!(
+        result.model_ids,
+        vec![plugin.models().next().unwrap().id.clone()]
+    );
+    let json = serde_json::to_value(&result.values[0]).unwrap();
+    assert_eq!(json["label"], "virginica");
+}

@@ -1,0 +1,245 @@
+//! Measures the runinfer host on the bundled iris plugin, side by side with a native
+//! Rust loop that calls tract directly on the same model, inputs and batch sizes.
+//!
+//!   cargo run --release -p runinfer-bench -- [--reps N] [--lines N]
+//!
+//! Prints a Markdown report: plugin load time (compiled and cached), instance start
+//! time, and `run` throughput vs the native loop (median of N alternating runs).
+
+use anyhow::{Context, Result};
+use runinfer::compile::{CompileCache, CompileSource};
+use runinfer::manifest::BatchingConfig;
+use runinfer::run::{RunOptions, run_jsonl};
+use runinfer::{Host, HostConfig};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tract_onnx::prelude::*;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    xs[xs.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+struct Args {
+    reps: usize,
+    lines: usize,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        reps: 7,
+        lines: 60_000,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--reps" => args.reps = value.parse()?,
+            "--lines" => args.lines = value.parse()?,
+            other => anyhow::bail!("unknown option {other} (use --reps N, --lines N)"),
+        }
+    }
+    Ok(args)
+}
+
+fn host(cache: &Path) -> Result<Host> {
+    Host::new(HostConfig {
+        compile_cache: Some(CompileCache::new(cache)),
+        ..HostConfig::default()
+    })
+}
+
+/// The examples of examples/iris.jsonl, repeated to `lines` lines.
+fn input(root: &Path, lines: usize) -> Result<Vec<u8>> {
+    let text = std::fs::read_to_string(root.join("examples/iris.jsonl"))?;
+    let rows: Vec<&str> = text.lines().collect();
+    Ok((0..lines)
+        .map(|i| format!("{}\n", rows[i % rows.len()]))
+        .collect::<String>()
+        .into_bytes())
+}
+
+/// The limit: the same job written directly against tract, no wasm, no plugin.
+struct Native {
+    plan: Arc<TypedRunnableModel>,
+    labels: [&'static str; 3],
+}
+
+impl Native {
+    fn load(path: &Path) -> Result<Native> {
+        let mut model = tract_onnx::onnx().model_for_path(path)?;
+        let batch = model.symbols.sym("N");
+        model.set_input_fact(0, f32::fact([TDim::Sym(batch), 4.into()]).into())?;
+        let plan = model.into_optimized()?.into_runnable()?;
+        Ok(Native {
+            plan,
+            labels: ["setosa", "versicolor", "virginica"],
+        })
+    }
+
+    /// Reads JSONL examples, runs batches of `batch`, writes JSONL predictions.
+    fn run(&self, input: &[u8], batch: usize, out: &mut Vec<u8>) -> Result<usize> {
+        #[derive(serde::Serialize)]
+        struct Inference<'a> {
+            label: &'a str,
+            probabilities: BTreeMap<&'a str, f32>,
+        }
+        #[derive(serde::Serialize)]
+        struct Prediction<'a> {
+            example: &'a Value,
+            inference: Inference<'a>,
+            model_id: &'a str,
+        }
+        let lines: Vec<&[u8]> = input
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let mut count = 0;
+        for chunk in lines.chunks(batch) {
+            let examples: Vec<Value> = chunk
+                .iter()
+                .map(|l| serde_json::from_slice(l))
+                .collect::<Result<_, _>>()?;
+            let mut features = Vec::with_capacity(chunk.len() * 4);
+            for e in &examples {
+                let row: Vec<f32> = serde_json::from_value(e.clone())?;
+                anyhow::ensure!(row.len() == 4, "bad example");
+                features.extend(row);
+            }
+            let x = Tensor::from_shape(&[chunk.len(), 4], &features)?;
+            let outputs = self.plan.run(tvec![x.into_tvalue()])?;
+            let labels = outputs[0].cast_to::<i64>()?;
+            let labels = labels.try_as_plain_ram()?;
+            let labels = labels.as_slice::<i64>()?;
+            let probs = outputs[1].try_as_plain_ram()?;
+            let probs = probs.as_slice::<f32>()?;
+            for (i, example) in examples.iter().enumerate() {
+                let p = Prediction {
+                    example,
+                    inference: Inference {
+                        label: self.labels[labels[i] as usize],
+                        probabilities: self
+                            .labels
+                            .iter()
+                            .copied()
+                            .zip(probs[i * 3..i * 3 + 3].iter().copied())
+                            .collect(),
+                    },
+                    model_id: "models/iris.onnx",
+                };
+                serde_json::to_writer(&mut *out, &p)?;
+                out.push(b'\n');
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugin_dir = root.join("plugins/iris");
+    anyhow::ensure!(
+        plugin_dir.join("iris.wasm").exists(),
+        "plugins/iris/iris.wasm is missing: build the host first (cargo build)"
+    );
+
+    // Plugin load: compiled (empty cache) vs cached (second start), new host each time.
+    let (mut compiled, mut cached, mut compile_only, mut cache_only) =
+        (vec![], vec![], vec![], vec![]);
+    for _ in 0..args.reps {
+        let cache = tempfile::tempdir()?;
+        for (total, part, expect) in [
+            (&mut compiled, &mut compile_only, CompileSource::Compiled),
+            (&mut cached, &mut cache_only, CompileSource::Cache),
+        ] {
+            let host = host(cache.path())?;
+            let start = Instant::now();
+            let plugin = host.load_plugin(&plugin_dir)?;
+            total.push(ms(start.elapsed()));
+            anyhow::ensure!(plugin.load_report().compile.source == expect);
+            part.push(ms(plugin.load_report().compile.duration));
+        }
+    }
+
+    // Instance start: instantiate from InstancePre + init + load-model.
+    let cache = tempfile::tempdir()?;
+    let host = host(cache.path())?;
+    let plugin = host.load_plugin(&plugin_dir)?;
+    let mut starts = Vec::new();
+    for _ in 0..200 {
+        let start = Instant::now();
+        let instance = plugin.instantiate()?;
+        starts.push(start.elapsed().as_secs_f64() * 1e6);
+        drop(instance);
+    }
+
+    // Throughput: runinfer run (wasm handler) vs the native loop, alternating.
+    let data = input(&root, args.lines)?;
+    let native = Native::load(&plugin_dir.join("models/iris.onnx"))?;
+    let mut rows = Vec::new();
+    for batch in [1u32, 32] {
+        let options = RunOptions {
+            batching: BatchingConfig {
+                max_batch_size: Some(batch),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let (mut wasm, mut direct) = (vec![], vec![]);
+        for _ in 0..args.reps {
+            let mut out = Vec::with_capacity(data.len() * 4);
+            let mut dead = Vec::new();
+            let start = Instant::now();
+            let summary = run_jsonl(&plugin, data.as_slice(), &mut out, &mut dead, &options)?;
+            wasm.push(summary.predictions as f64 / start.elapsed().as_secs_f64());
+            anyhow::ensure!(summary.predictions as usize == args.lines && dead.is_empty());
+
+            let mut out = Vec::with_capacity(data.len() * 4);
+            let start = Instant::now();
+            let n = native.run(&data, batch as usize, &mut out)?;
+            direct.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        rows.push((batch, median(wasm), median(direct)));
+    }
+
+    println!("## runinfer foundation benchmark\n");
+    println!(
+        "`cargo run --release -p runinfer-bench -- --reps {} --lines {}` (median of {} runs; iris MLP, tract {})\n",
+        args.reps, args.lines, args.reps, "0.23.9"
+    );
+    println!("| plugin load (new host) | total ms | component ms |");
+    println!("|---|---|---|");
+    println!(
+        "| first start (compile) | {:.2} | {:.2} |",
+        median(compiled),
+        median(compile_only)
+    );
+    println!(
+        "| second start (cache) | {:.2} | {:.2} |",
+        median(cached),
+        median(cache_only)
+    );
+    println!(
+        "\ninstance start (instantiate + init + load-model): median {:.1} µs over 200\n",
+        median(starts)
+    );
+    println!(
+        "| batch | runinfer run (wasm handler) ex/s | native tract loop ex/s | runinfer / native |"
+    );
+    println!("|---|---|---|---|");
+    for (batch, wasm, direct) in rows {
+        println!(
+            "| {batch} | {wasm:.0} | {direct:.0} | {:.2} |",
+            wasm / direct
+        );
+    }
+    Ok(())
+}
