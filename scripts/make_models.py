@@ -5,9 +5,9 @@ Run with the venv of scripts/python-env.sh:
 
 Outputs (all committed, so building and testing need no Python):
   plugins/iris/models/iris.onnx          MLP trained on the Iris data (skl2onnx)
-  plugins/onnx-tensor/models/tiny_mlp.onnx  a small two-output MLP on [N, 2, 3] inputs
+  plugins/onnx-tensor/models/tiny_mlp*.onnx  small two-output MLPs on [N, 2, 3] inputs
   examples/iris.jsonl, examples/tensors.jsonl
-  tests/golden/iris.jsonl, tests/golden/tiny_mlp.jsonl  onnxruntime's outputs
+  tests/golden/*.jsonl                    onnxruntime's outputs
 """
 
 import json
@@ -74,8 +74,8 @@ def iris():
     print(f"iris: {path.relative_to(ROOT)}, training accuracy {accuracy:.3f}")
 
 
-def tiny_mlp():
-    rng = np.random.default_rng(7)
+def tiny_mlp(name="tiny_mlp", seed=7, write_examples=True):
+    rng = np.random.default_rng(seed)
     w1 = rng.normal(0, 0.5, (6, 5)).astype(np.float32)
     b1 = rng.normal(0, 0.1, (5,)).astype(np.float32)
     w2 = rng.normal(0, 0.5, (5, 3)).astype(np.float32)
@@ -101,25 +101,30 @@ def tiny_mlp():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    path = ROOT / "plugins/onnx-tensor/models/tiny_mlp.onnx"
+    path = ROOT / f"plugins/onnx-tensor/models/{name}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, path)
 
-    x = rng.normal(0, 1, (64, 2, 3)).astype(np.float32)
+    # The same inputs for every variant, so per-key model tests can compare them.
+    x = np.random.default_rng(7 + 1000).normal(0, 1, (64, 2, 3)).astype(np.float32)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits, hidden = sess.run(["logits", "hidden"], {"x": x})
     examples = [[f32_list(r) for r in ex] for ex in x]
-    write_jsonl(ROOT / "examples/tensors.jsonl", examples)
+    if write_examples:
+        write_jsonl(ROOT / "examples/tensors.jsonl", examples)
     write_jsonl(
-        ROOT / "tests/golden/tiny_mlp.jsonl",
+        ROOT / f"tests/golden/{name}.jsonl",
         [
             {"example": ex, "logits": f32_list(l), "hidden": f32_list(h)}
             for ex, l, h in zip(examples, logits, hidden)
         ],
     )
-    print(f"tiny_mlp: {path.relative_to(ROOT)}")
+    print(f"{name}: {path.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
     iris()
     tiny_mlp()
+    # Other weights, same architecture: per-key models in the tests.
+    tiny_mlp("tiny_mlp_v2", seed=8, write_examples=False)
+    tiny_mlp("tiny_mlp_v3", seed=9, write_examples=False)

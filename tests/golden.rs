@@ -57,8 +57,11 @@ fn iris_batch_size_does_not_change_results() {
     let mut by_size = Vec::new();
     for size in [1, 7, 150] {
         let options = RunOptions {
+            // Batches flush on size or at the end of the input only, so their
+            // number does not depend on the machine's speed.
             batching: runinfer::manifest::BatchingConfig {
                 max_batch_size: Some(size),
+                max_batch_duration_ms: Some(600_000),
                 ..Default::default()
             },
             ..Default::default()
@@ -137,7 +140,7 @@ fn onnx_tensor_with_one_output_returns_the_row_itself() {
         "#,
     );
     let host = host();
-    let plugin = host.load_plugin(dir.path()).unwrap();
+    let plugin = load(&host, dir.path());
     // Explicit tensor objects are accepted as well as nested arrays.
     let input: String = golden
         .iter()

@@ -56,7 +56,7 @@ fn one_model_file_is_loaded_once_for_plugins_and_instances() {
         "iris",
         "name = \"iris-twin\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/iris.onnx\"\n",
     );
-    let twin = host.load_plugin(twin.path()).unwrap();
+    let twin = load(&host, twin.path());
     // Several instances of each.
     let instances: Vec<_> = (0..4).map(|_| iris.instantiate().unwrap()).collect();
     let more: Vec<_> = (0..4).map(|_| twin.instantiate().unwrap()).collect();

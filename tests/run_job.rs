@@ -84,7 +84,7 @@ fn a_failing_batch_dead_letters_each_of_its_elements() {
     let plugin = bundled(&host, "onnx-tensor");
     let good = "[[1,2,3],[4,5,6]]";
     let input = format!("{good}\n[[1,2],[3,4]]\n{good}\n");
-    let out = run(&plugin, input.as_bytes(), &RunOptions::default());
+    let out = run(&plugin, input.as_bytes(), &size_only(32));
     assert_eq!(out.predictions.len(), 0);
     assert_eq!(out.dead_letters.len(), 3);
     assert_eq!(out.summary.failed_batches, 1);
@@ -179,7 +179,7 @@ fn manifest_args_and_namespace_reach_the_handler() {
         "name = \"long-words\"\ncomponent = \"text-stats.wasm\"\nmetrics_namespace = \"lw\"\n[args]\nmin_word_len = 5\n",
     );
     let host = host();
-    let plugin = host.load_plugin(dir.path()).unwrap();
+    let plugin = load(&host, dir.path());
     assert_eq!(plugin.namespace(), "lw");
     let out = run(
         &plugin,

@@ -1,10 +1,12 @@
 //! Measures the runinfer host on the bundled iris plugin, side by side with a native
 //! Rust loop that calls tract directly on the same model, inputs and batch sizes.
 //!
-//!   cargo run --release -p runinfer-bench -- [--reps N] [--lines N]
+//!   cargo run --release -p runinfer-bench -- [--reps N] [--lines N] [--suite S]
 //!
-//! Prints a Markdown report: plugin load time (compiled and cached), instance start
-//! time, and `run` throughput vs the native loop (median of N alternating runs).
+//! Prints a Markdown report. `foundation`: plugin load time (compiled and cached),
+//! instance start time, and `run` throughput vs the native loop (median of N
+//! alternating runs). `runtime`: throughput of `run` and open-loop latency through
+//! the dispatcher against batch size and max wait, on iris and onnx-tensor.
 
 use anyhow::{Context, Result};
 use runinfer::compile::{CompileCache, CompileSource};
@@ -29,12 +31,14 @@ fn ms(d: Duration) -> f64 {
 struct Args {
     reps: usize,
     lines: usize,
+    suite: String,
 }
 
 fn parse_args() -> Result<Args> {
     let mut args = Args {
         reps: 7,
         lines: 60_000,
+        suite: "all".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -42,7 +46,10 @@ fn parse_args() -> Result<Args> {
         match flag.as_str() {
             "--reps" => args.reps = value.parse()?,
             "--lines" => args.lines = value.parse()?,
-            other => anyhow::bail!("unknown option {other} (use --reps N, --lines N)"),
+            "--suite" => args.suite = value,
+            other => anyhow::bail!(
+                "unknown option {other} (use --reps N, --lines N, --suite foundation|runtime|all)"
+            ),
         }
     }
     Ok(args)
@@ -142,8 +149,7 @@ impl Native {
     }
 }
 
-fn main() -> Result<()> {
-    let args = parse_args()?;
+fn foundation(args: &Args) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let plugin_dir = root.join("plugins/iris");
     anyhow::ensure!(
@@ -172,7 +178,7 @@ fn main() -> Result<()> {
     // Instance start: instantiate from InstancePre + init + load-model.
     let cache = tempfile::tempdir()?;
     let host = host(cache.path())?;
-    let plugin = host.load_plugin(&plugin_dir)?;
+    let plugin = std::sync::Arc::new(host.load_plugin(&plugin_dir)?);
     let mut starts = Vec::new();
     for _ in 0..200 {
         let start = Instant::now();
@@ -197,8 +203,9 @@ fn main() -> Result<()> {
         for _ in 0..args.reps {
             let mut out = Vec::with_capacity(data.len() * 4);
             let mut dead = Vec::new();
+            let input = std::io::Cursor::new(data.clone());
             let start = Instant::now();
-            let summary = run_jsonl(&plugin, data.as_slice(), &mut out, &mut dead, &options)?;
+            let summary = run_jsonl(&plugin, input, &mut out, &mut dead, &options)?;
             wasm.push(summary.predictions as f64 / start.elapsed().as_secs_f64());
             anyhow::ensure!(summary.predictions as usize == args.lines && dead.is_empty());
 
@@ -212,8 +219,8 @@ fn main() -> Result<()> {
 
     println!("## runinfer foundation benchmark\n");
     println!(
-        "`cargo run --release -p runinfer-bench -- --reps {} --lines {}` (median of {} runs; iris MLP, tract {})\n",
-        args.reps, args.lines, args.reps, "0.23.9"
+        "`cargo run --release -p runinfer-bench -- --reps {} --lines {}` (median of {} runs; iris MLP, tract 0.23.9)\n",
+        args.reps, args.lines, args.reps
     );
     println!("| plugin load (new host) | total ms | component ms |");
     println!("|---|---|---|");
@@ -240,6 +247,138 @@ fn main() -> Result<()> {
             "| {batch} | {wasm:.0} | {direct:.0} | {:.2} |",
             wasm / direct
         );
+    }
+    Ok(())
+}
+
+/// Throughput of `run` (closed loop: the whole file as fast as it goes) and latency
+/// of examples offered at a fixed rate (open loop), against batch size and max wait.
+fn runtime(args: &Args) -> Result<()> {
+    use runinfer::batch::BatchPolicy;
+    use runinfer::decode::decode_example;
+    use runinfer::dispatch::{DispatchOptions, Dispatcher};
+
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cache = tempfile::tempdir()?;
+    let host = host(cache.path())?;
+    let instances = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!("## runinfer runtime benchmark\n");
+    println!(
+        "`cargo run --release -p runinfer-bench -- --suite runtime --reps {} --lines {}`; {instances} instances; \
+         throughput: median of {} runs of `run` over {} lines; latency: examples offered at a fixed rate for 1 s, \
+         time from submit to result (p50/p99)\n",
+        args.reps, args.lines, args.reps, args.lines
+    );
+    println!(
+        "| plugin | max batch | max wait ms | run ex/s | offered ex/s | p50 µs | p99 µs | mean batch |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, data_file, rate) in [
+        ("iris", "examples/iris.jsonl", 20_000.0),
+        ("onnx-tensor", "examples/tensors.jsonl", 20_000.0),
+    ] {
+        let plugin = std::sync::Arc::new(host.load_plugin(&root.join("plugins").join(name))?);
+        let rows: Vec<String> = std::fs::read_to_string(root.join(data_file))?
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let data: Vec<u8> = (0..args.lines)
+            .map(|i| format!("{}\n", rows[i % rows.len()]))
+            .collect::<String>()
+            .into_bytes();
+        let examples: Vec<Value> = rows
+            .iter()
+            .map(|r| serde_json::from_str(r))
+            .collect::<Result<_, _>>()?;
+        for max_batch in [1u32, 8, 32, 128] {
+            for wait_ms in [1u32, 10] {
+                let options = RunOptions {
+                    batching: BatchingConfig {
+                        max_batch_size: Some(max_batch),
+                        max_batch_duration_ms: Some(wait_ms),
+                        min_batch_size: Some(1),
+                    },
+                    instances: Some(instances),
+                    ..Default::default()
+                };
+                let mut rates = Vec::new();
+                for _ in 0..args.reps {
+                    let (mut out, mut dead) = (Vec::new(), Vec::new());
+                    let input = std::io::Cursor::new(data.clone());
+                    let start = Instant::now();
+                    let summary = run_jsonl(&plugin, input, &mut out, &mut dead, &options)?;
+                    anyhow::ensure!(summary.predictions as usize == args.lines);
+                    rates.push(summary.predictions as f64 / start.elapsed().as_secs_f64());
+                }
+
+                // Open loop: one example every 1/rate s for 1 s.
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?;
+                let policy = BatchPolicy {
+                    min_batch_size: 1,
+                    max_batch_size: max_batch as usize,
+                    max_batch_duration: Duration::from_millis(wait_ms.into()),
+                    adaptive_target: None,
+                };
+                let (latencies, batches) = runtime.block_on(async {
+                    let dispatcher = Dispatcher::new(
+                        plugin.clone(),
+                        DispatchOptions {
+                            policy,
+                            instances,
+                            queue_capacity: 100_000,
+                            inference_args: vec![],
+                        },
+                    );
+                    let count = rate as usize;
+                    let period = Duration::from_secs_f64(1.0 / rate);
+                    let start = tokio::time::Instant::now();
+                    let mut waits = Vec::with_capacity(count);
+                    for i in 0..count {
+                        tokio::time::sleep_until(start + period * i as u32).await;
+                        let value =
+                            decode_example(&examples[i % examples.len()], &plugin.info().input)
+                                .map_err(|e| anyhow::anyhow!(e))?;
+                        let submitted = Instant::now();
+                        let reply = dispatcher.submit(None, value).await;
+                        waits.push(tokio::spawn(async move {
+                            let _ = reply.await;
+                            submitted.elapsed()
+                        }));
+                    }
+                    let mut latencies = Vec::with_capacity(count);
+                    for w in waits {
+                        latencies.push(w.await?.as_secs_f64() * 1e6);
+                    }
+                    dispatcher.close();
+                    let (batches, _) = dispatcher.batch_counts();
+                    anyhow::Ok((latencies, batches))
+                })?;
+                let mut sorted = latencies.clone();
+                sorted.sort_by(|a, b| a.total_cmp(b));
+                let pct = |p: f64| sorted[((sorted.len() - 1) as f64 * p) as usize];
+                println!(
+                    "| {name} | {max_batch} | {wait_ms} | {:.0} | {rate:.0} | {:.0} | {:.0} | {:.1} |",
+                    median(rates),
+                    pct(0.5),
+                    pct(0.99),
+                    latencies.len() as f64 / batches.max(1) as f64
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    if matches!(args.suite.as_str(), "foundation" | "all") {
+        foundation(&args)?;
+        println!();
+    }
+    if matches!(args.suite.as_str(), "runtime" | "all") {
+        runtime(&args)?;
     }
     Ok(())
 }

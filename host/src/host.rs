@@ -7,11 +7,12 @@ use crate::error::PluginError;
 use crate::instance::InstanceState;
 use crate::manifest::MANIFEST_FILE;
 use crate::metrics::Metrics;
+use crate::metrics::PluginMetrics;
 use crate::model::ModelRegistry;
-use crate::plugin::Plugin;
+use crate::plugin::{KeySet, Plugin};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Config, Engine};
@@ -23,6 +24,9 @@ pub struct HostConfig {
     pub compile_cache: Option<CompileCache>,
     /// Granularity of handler time limits.
     pub epoch_tick: Duration,
+    /// Most per-key model sets (`[[key_models]]`) loaded at once across all plugins;
+    /// the least recently used is evicted past it.
+    pub max_key_model_sets: usize,
 }
 
 impl Default for HostConfig {
@@ -30,8 +34,16 @@ impl Default for HostConfig {
         HostConfig {
             compile_cache: CompileCache::default_dir().map(CompileCache::new),
             epoch_tick: Duration::from_millis(10),
+            max_key_model_sets: 8,
         }
     }
+}
+
+/// Recency of the loaded per-key model sets.
+#[derive(Default)]
+struct KeySetLru {
+    tick: u64,
+    entries: Vec<(Weak<KeySet>, Arc<PluginMetrics>, u64)>,
 }
 
 /// Shared by every plugin of a process. Cheap to clone.
@@ -47,6 +59,7 @@ pub(crate) struct HostInner {
     pub models: ModelRegistry,
     pub metrics: Arc<Metrics>,
     ticker: EpochTicker,
+    key_lru: Mutex<KeySetLru>,
 }
 
 impl Drop for HostInner {
@@ -94,16 +107,69 @@ impl Host {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick);
+        let metrics = Arc::new(Metrics::new());
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
                 config,
-                models: ModelRegistry::new(),
-                metrics: Arc::new(Metrics::new()),
+                models: ModelRegistry::new(metrics.model_loads()),
+                metrics,
                 ticker,
+                key_lru: Mutex::default(),
             }),
         })
+    }
+
+    /// Marks a per-key model set as just used.
+    pub(crate) fn touch_key_set(&self, slot: &Arc<KeySet>, metrics: &Arc<PluginMetrics>) {
+        let mut lru = self.inner.key_lru.lock().unwrap_or_else(|e| e.into_inner());
+        lru.tick += 1;
+        let tick = lru.tick;
+        lru.entries.retain(|(s, _, _)| s.strong_count() > 0);
+        match lru
+            .entries
+            .iter_mut()
+            .find(|(s, _, _)| s.as_ptr() == Arc::as_ptr(slot))
+        {
+            Some(entry) => entry.2 = tick,
+            None => lru
+                .entries
+                .push((Arc::downgrade(slot), metrics.clone(), tick)),
+        }
+    }
+
+    /// Evicts the least recently used per-key model sets past the cap. Batches
+    /// running on an evicted set finish on it; the next use loads it again.
+    pub(crate) fn enforce_key_set_cap(&self) {
+        let mut lru = self.inner.key_lru.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = self.inner.config.max_key_model_sets;
+        loop {
+            let mut live: Vec<(usize, u64)> = lru
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, (s, _, _))| {
+                    s.upgrade()
+                        .is_some_and(|s| s.live.lock().unwrap_or_else(|e| e.into_inner()).is_some())
+                })
+                .map(|(i, (_, _, tick))| (i, *tick))
+                .collect();
+            if live.len() <= cap {
+                return;
+            }
+            live.sort_by_key(|&(_, tick)| tick);
+            let (index, _) = live[0];
+            let (slot, metrics, _) = lru.entries.remove(index);
+            if let Some(set) = slot
+                .upgrade()
+                .and_then(|s| s.live.lock().unwrap_or_else(|e| e.into_inner()).take())
+            {
+                metrics.model_unloaded(set.model_id());
+                self.inner.metrics.count_model_eviction();
+                tracing::info!(model_id = set.model_id(), "per-key model set evicted");
+            }
+        }
     }
 
     pub(crate) fn inner(&self) -> &HostInner {

@@ -1,15 +1,19 @@
 //! runinfer: run model handlers compiled to WebAssembly components, the way Apache
 //! Beam's `RunInference` runs a `ModelHandler`.
 //!
-//! The data flow, one module a stage: [`decode`] an input line, [`run`] batches it
-//! through a [`plugin::Plugin`]'s [`instance`]s, whose handlers call the [`model`]
-//! registry on host [`tensor`]s; results become predictions or dead letters ([`sink`]);
-//! [`metrics`] records every stage. See the README's architecture section.
+//! The data flow, one module a stage: [`decode`] an input line; the plugin's
+//! [`dispatch::Dispatcher`] routes it to a model set, [`batch`]es it and runs the batch
+//! on one of the [`plugin::Plugin`]'s warm [`instance`]s, whose handler calls the
+//! [`model`] registry on host [`tensor`]s; [`run`] writes predictions and dead letters
+//! ([`sink`]) in input order; [`metrics`] records every stage. See the README's
+//! architecture section.
 #![deny(missing_docs)]
 
+pub mod batch;
 mod bindings;
 pub mod compile;
 pub mod decode;
+pub mod dispatch;
 pub mod error;
 pub mod host;
 pub mod instance;

@@ -3,12 +3,15 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use runinfer::compile::CompileCache;
+use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
-use runinfer::run::{RunOptions, run_jsonl};
+use runinfer::run::{RunOptions, dispatch_options, run_async};
 use runinfer::{Host, HostConfig};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Run model handlers compiled to WebAssembly components.
 #[derive(Parser)]
@@ -45,6 +48,10 @@ struct CommonArgs {
     /// Compile components at every start instead of caching them.
     #[arg(long, conflicts_with = "cache_dir")]
     no_compile_cache: bool,
+    /// Most per-key model sets ([[key_models]]) loaded at once; the least recently
+    /// used is evicted.
+    #[arg(long, default_value_t = 8)]
+    max_key_model_sets: usize,
 }
 
 #[derive(Args)]
@@ -59,9 +66,28 @@ struct RunArgs {
     /// Write dead letters (JSONL, one per failed line) here instead of stderr.
     #[arg(long)]
     dead_letters: Option<PathBuf>,
-    /// Override the batch size limit.
+    /// Override the largest batch.
     #[arg(long)]
     max_batch_size: Option<u32>,
+    /// Override the smallest batch formed while input keeps coming.
+    #[arg(long)]
+    min_batch_size: Option<u32>,
+    /// Override the longest wait of a batch's oldest example, in ms.
+    #[arg(long)]
+    max_batch_duration_ms: Option<u32>,
+    /// Size batches adaptively toward this latency per batch, in ms.
+    #[arg(long)]
+    adaptive_batch_latency_ms: Option<u64>,
+    /// Batches run at once on warm instances [default: plugin.toml `instances`, else cores]
+    #[arg(long)]
+    instances: Option<usize>,
+    /// Stop (exit 3) when more than this fraction of lines failed, like Beam's
+    /// failure threshold; checked from the 100th line on and at the end.
+    #[arg(long, value_parser = parse_ratio)]
+    max_failure_ratio: Option<f64>,
+    /// Write the run's metrics (Prometheus text) to this file at the end.
+    #[arg(long)]
+    metrics_out: Option<PathBuf>,
     /// Inference argument passed to every run-inference call (repeatable).
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     args: Vec<(String, String)>,
@@ -70,6 +96,13 @@ struct RunArgs {
     quiet: bool,
     #[command(flatten)]
     common: CommonArgs,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("expected a number from 0 to 1, got {s:?}")),
+    }
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -101,6 +134,7 @@ impl CommonArgs {
         };
         Host::new(HostConfig {
             compile_cache,
+            max_key_model_sets: self.max_key_model_sets.max(1),
             ..HostConfig::default()
         })
     }
@@ -146,10 +180,13 @@ fn real_main() -> Result<std::process::ExitCode> {
 }
 
 fn run(args: RunArgs) -> Result<std::process::ExitCode> {
+    if args.max_batch_size == Some(0) || args.min_batch_size == Some(0) {
+        bail!("batch sizes must be at least 1");
+    }
     let host = args.common.host()?;
     let root = args.common.plugin_root();
-    let plugin = host.load_plugin_named(&root, &args.plugin)?;
-    let input: Box<dyn std::io::BufRead> = match &args.input {
+    let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
+    let input: Box<dyn std::io::BufRead + Send> = match &args.input {
         Some(path) => Box::new(BufReader::new(
             File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
         )),
@@ -157,16 +194,16 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
             if std::io::stdin().is_terminal() {
                 eprintln!("runinfer: reading JSONL examples from stdin (ctrl-d ends)");
             }
-            Box::new(std::io::stdin().lock())
+            Box::new(BufReader::new(std::io::stdin()))
         }
     };
-    let mut predictions: Box<dyn Write> = match &args.output {
+    let mut predictions: Box<dyn Write + Send> = match &args.output {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         )),
-        None => Box::new(BufWriter::new(std::io::stdout().lock())),
+        None => Box::new(BufWriter::new(std::io::stdout())),
     };
-    let mut dead_letters: Box<dyn Write> = match &args.dead_letters {
+    let mut dead_letters: Box<dyn Write + Send> = match &args.dead_letters {
         Some(path) => Box::new(BufWriter::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         )),
@@ -175,22 +212,36 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     let options = RunOptions {
         batching: BatchingConfig {
             max_batch_size: args.max_batch_size,
-            ..BatchingConfig::default()
+            min_batch_size: args.min_batch_size,
+            max_batch_duration_ms: args.max_batch_duration_ms,
         },
+        adaptive_batch_latency: args.adaptive_batch_latency_ms.map(Duration::from_millis),
+        instances: args.instances,
         inference_args: args.args.clone(),
+        max_failure_ratio: args.max_failure_ratio,
+        progress: !args.quiet && std::io::stderr().is_terminal(),
     };
-    if args.max_batch_size == Some(0) {
-        bail!("--max-batch-size must be at least 1");
-    }
-    let summary = run_jsonl(
-        &plugin,
-        input,
-        &mut predictions,
-        &mut dead_letters,
-        &options,
-    )?;
+    // Guest code runs on blocking threads; the runtime only moves data between them.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let summary = runtime.block_on(async {
+        let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options));
+        run_async(
+            &dispatcher,
+            input,
+            &mut predictions,
+            &mut dead_letters,
+            &options,
+        )
+        .await
+    })?;
     drop(predictions);
     drop(dead_letters);
+    if let Some(path) = &args.metrics_out {
+        std::fs::write(path, host.metrics().encode())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if !args.quiet {
         let report = plugin.load_report();
         let secs = summary.elapsed.as_secs_f64();
@@ -209,6 +260,10 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
             report.compile.source,
             report.compile.duration.as_secs_f64() * 1e3,
         );
+    }
+    if let Some(reason) = summary.stopped {
+        eprintln!("runinfer: stopped: {reason} (--max-failure-ratio)");
+        return Ok(std::process::ExitCode::from(3));
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

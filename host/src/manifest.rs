@@ -68,6 +68,50 @@ pub struct Manifest {
     /// Handler constructor arguments, passed to `init`.
     #[serde(default)]
     pub args: BTreeMap<String, toml::Value>,
+    /// Per-key models (Beam's `KeyModelMapping`): examples with these keys run with
+    /// these models bound to the granted names instead of `[models]`.
+    #[serde(default)]
+    pub key_models: Vec<KeyModels>,
+}
+
+/// One `[[key_models]]` table.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyModels {
+    /// Keys (JSON strings or numbers of the input lines) that use these models.
+    pub keys: Vec<KeyName>,
+    /// Model names (granted in `[models]`) bound to other files for these keys.
+    pub models: BTreeMap<String, ModelEntry>,
+}
+
+/// A key as written in `plugin.toml`: a string or an integer.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(untagged, expecting = "a string or an integer key")]
+pub enum KeyName {
+    /// `"de"`
+    Text(String),
+    /// `42`
+    Int(i64),
+}
+
+impl KeyName {
+    /// The key of an input line, if it can name a key model.
+    pub fn of(key: &serde_json::Value) -> Option<KeyName> {
+        match key {
+            serde_json::Value::String(s) => Some(KeyName::Text(s.clone())),
+            serde_json::Value::Number(n) => n.as_i64().map(KeyName::Int),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyName::Text(s) => write!(f, "{s:?}"),
+            KeyName::Int(i) => write!(f, "{i}"),
+        }
+    }
 }
 
 fn default_tenant() -> String {
@@ -212,6 +256,31 @@ impl Manifest {
         }
         for (key, value) in &self.args {
             arg_string(value).map_err(|m| invalid(&format!("args.{key}"), m))?;
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, mapping) in self.key_models.iter().enumerate() {
+            let at = |k: &str| format!("key_models[{i}].{k}");
+            if mapping.keys.is_empty() {
+                return Err(invalid(&at("keys"), "expected at least one key".into()));
+            }
+            for key in &mapping.keys {
+                if !seen.insert(key.clone()) {
+                    return Err(invalid(&at("keys"), format!("key {key} is mapped twice")));
+                }
+            }
+            if mapping.models.is_empty() {
+                return Err(invalid(&at("models"), "expected at least one model".into()));
+            }
+            for (name, entry) in &mapping.models {
+                if !self.models.contains_key(name) {
+                    return Err(invalid(
+                        &at(&format!("models.{name}")),
+                        format!("`{name}` is not a model of [models]"),
+                    ));
+                }
+                check_relative(entry.path())
+                    .map_err(|m| invalid(&at(&format!("models.{name}")), m))?;
+            }
         }
         Ok(())
     }
@@ -381,6 +450,35 @@ mod tests {
             parse("name = \"t\"\ncomponent = \"t.wasm\"\n[limits]\nmemory_mb = 0\n").unwrap_err();
         assert!(
             err.contains("`limits.memory_mb`: expected at least 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn key_models_are_validated() {
+        let base = "name = \"t\"\ncomponent = \"t.wasm\"\n[models]\nm = \"a.onnx\"\n";
+        let m = parse(&format!(
+            "{base}[[key_models]]\nkeys = [\"de\", 7]\nmodels = {{ m = \"b.onnx\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            m.key_models[0].keys,
+            vec![KeyName::Text("de".into()), KeyName::Int(7)]
+        );
+        let err = parse(&format!(
+            "{base}[[key_models]]\nkeys = [\"de\"]\nmodels = {{ other = \"b.onnx\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("`key_models[0].models.other`: `other` is not a model of [models]"),
+            "{err}"
+        );
+        let err = parse(&format!(
+            "{base}[[key_models]]\nkeys = [\"de\"]\nmodels = {{ m = \"b.onnx\" }}\n[[key_models]]\nkeys = [\"de\"]\nmodels = {{ m = \"c.onnx\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("`key_models[1].keys`: key \"de\" is mapped twice"),
             "{err}"
         );
     }

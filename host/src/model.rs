@@ -6,10 +6,10 @@
 //! Inference engines sit behind the small [`Backend`] trait; tract is built in.
 
 use crate::tensor::{DType, Tensor};
+use prometheus_client::metrics::counter::Counter;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Why a model could not be loaded or run.
@@ -198,16 +198,22 @@ impl BackendKind {
 }
 
 /// Loads each model file once and hands out shared references.
+///
+/// The registry holds models weakly: a model stays loaded while a plugin (or a
+/// per-key model set) holds it, and is freed when the last holder lets it go.
 #[derive(Default)]
 pub struct ModelRegistry {
-    models: Mutex<HashMap<(String, BackendKind), Arc<LoadedModel>>>,
-    loads: AtomicU64,
+    models: Mutex<HashMap<(String, BackendKind), Weak<LoadedModel>>>,
+    loads: Counter,
 }
 
 impl ModelRegistry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty registry that counts its loads in `loads`.
+    pub fn new(loads: Counter) -> Self {
+        ModelRegistry {
+            models: Mutex::default(),
+            loads,
+        }
     }
 
     /// The model in `path`, loaded now unless a file with the same bytes already is.
@@ -220,9 +226,13 @@ impl ModelRegistry {
         // Loads are rare and short next to a host's life: one lock keeps two plugins
         // asking for the same file at once from loading it twice.
         let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = models.get(&(digest.clone(), backend)) {
-            return Ok(model.clone());
+        if let Some(model) = models
+            .get(&(digest.clone(), backend))
+            .and_then(Weak::upgrade)
+        {
+            return Ok(model);
         }
+        models.retain(|_, m| m.strong_count() > 0);
         let start = Instant::now();
         let engine: Box<dyn Backend> = match backend {
             BackendKind::Tract => {
@@ -241,25 +251,26 @@ impl ModelRegistry {
             load_time: start.elapsed(),
             backend: engine,
         });
-        self.loads.fetch_add(1, Ordering::Relaxed);
+        self.loads.inc();
         tracing::info!(
             path = %path.display(),
             backend = backend.name(),
             millis = model.load_time.as_millis() as u64,
             "model loaded"
         );
-        models.insert((digest, backend), model.clone());
+        models.insert((digest, backend), Arc::downgrade(&model));
         Ok(model)
     }
 
     /// How many model files were really loaded (not found in the registry).
     pub fn load_count(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
+        self.loads.get()
     }
 
-    /// How many distinct models are held.
+    /// How many distinct models are loaded now.
     pub fn len(&self) -> usize {
-        self.models.lock().unwrap_or_else(|e| e.into_inner()).len()
+        let models = self.models.lock().unwrap_or_else(|e| e.into_inner());
+        models.values().filter(|m| m.strong_count() > 0).count()
     }
 
     /// True when no model is held.

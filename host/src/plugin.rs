@@ -1,12 +1,21 @@
-//! A loaded plugin: manifest, compiled component, granted models and warm instances.
+//! A loaded plugin: manifest, compiled component, model sets and warm instances.
+//!
+//! A *model set* binds the plugin's granted model names to loaded models; its warm
+//! instances were started with those bindings. The base set binds `[models]`; each
+//! `[[key_models]]` entry (Beam's `KeyModelMapping`) has its own set, loaded on first
+//! use and subject to the host's LRU cap on per-key model sets.
 
 use crate::bindings::HandlerPre;
 use crate::compile::{self, CompileReport};
-use crate::error::{InferenceError, PluginError};
+use crate::error::{ErrorCode, InferenceError, PluginError};
 use crate::host::Host;
-use crate::instance::{GrantedModel, HandlerInfo, HandlerInstance, InstanceState, PluginEnv};
-use crate::manifest::{BatchingConfig, Manifest};
-use std::collections::BTreeMap;
+use crate::instance::{
+    GrantedModel, HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv,
+};
+use crate::manifest::{BatchingConfig, KeyName, Manifest, ModelEntry};
+use crate::metrics::PluginMetrics;
+use crate::value::Value;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,16 +49,48 @@ pub struct LoadReport {
     pub first_instance: Duration,
 }
 
+/// Which model set serves an example.
+pub type Route = Option<usize>;
+
+/// Models bound to the granted names, with the idle instances started with them.
+pub struct ModelSet {
+    env: Arc<PluginEnv>,
+    model_id: String,
+    idle: Mutex<Vec<HandlerInstance>>,
+}
+
+impl ModelSet {
+    /// The ids of the bound models, comma-separated (empty without models).
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// The bound models, by name.
+    pub fn models(&self) -> impl Iterator<Item = &GrantedModel> {
+        self.env.models.values().map(|m| m.as_ref())
+    }
+}
+
+/// One `[[key_models]]` entry and its model set while loaded.
+pub struct KeySet {
+    models: BTreeMap<String, ModelEntry>,
+    pub(crate) live: Mutex<Option<Arc<ModelSet>>>,
+}
+
 /// A plugin ready to serve.
 pub struct Plugin {
+    host: Host,
     manifest: Manifest,
     dir: PathBuf,
     pre: HandlerPre<InstanceState>,
-    env: Arc<PluginEnv>,
     info: HandlerInfo,
     namespace: String,
     report: LoadReport,
-    idle: Mutex<Vec<HandlerInstance>>,
+    metrics: Arc<PluginMetrics>,
+    base: Arc<ModelSet>,
+    key_sets: Vec<Arc<KeySet>>,
+    key_index: HashMap<KeyName, usize>,
+    max_instances: usize,
 }
 
 impl Plugin {
@@ -83,37 +124,9 @@ impl Plugin {
         let pre = HandlerPre::new(pre).map_err(wrong_world)?;
 
         let models_start = Instant::now();
-        let mut models = BTreeMap::new();
-        for (name, entry) in &manifest.models {
-            let path = dir.join(entry.path());
-            let model = inner
-                .models
-                .load(&path, entry.backend())
-                .map_err(|source| PluginError::Model {
-                    plugin: plugin.clone(),
-                    model: name.clone(),
-                    source,
-                })?;
-            let id = format!("{}@{}", entry.path().display(), &model.digest()[..12]);
-            models.insert(
-                name.clone(),
-                Arc::new(GrantedModel {
-                    name: name.clone(),
-                    path: entry.path().to_path_buf(),
-                    id,
-                    model,
-                }),
-            );
-        }
-        let models_time = models_start.elapsed();
+        let env = bind_models(host, &manifest, dir, &manifest.models)?;
+        let models = models_start.elapsed();
 
-        let env = Arc::new(PluginEnv {
-            plugin: plugin.clone(),
-            models,
-            metrics: inner.metrics.clone(),
-            limits: manifest.limits.clone(),
-            epoch_tick: inner.config.epoch_tick,
-        });
         let start = Instant::now();
         let first = HandlerInstance::start(
             &pre,
@@ -129,6 +142,29 @@ impl Plugin {
         let first_instance = start.elapsed();
         let info = first.info().clone();
         let namespace = first.namespace().to_string();
+        let metrics = inner.metrics.plugin(&namespace);
+        let base = Arc::new(ModelSet {
+            model_id: model_id(&env),
+            env,
+            idle: Mutex::new(vec![first]),
+        });
+        metrics.model_loaded(
+            &base.model_id,
+            model_bytes(&base.env),
+            models + first_instance,
+        );
+
+        let mut key_sets = Vec::new();
+        let mut key_index = HashMap::new();
+        for (i, mapping) in manifest.key_models.iter().enumerate() {
+            for key in &mapping.keys {
+                key_index.insert(key.clone(), i);
+            }
+            key_sets.push(Arc::new(KeySet {
+                models: mapping.models.clone(),
+                live: Mutex::new(None),
+            }));
+        }
         tracing::info!(
             plugin = %plugin,
             compile = ?compile.source,
@@ -136,19 +172,28 @@ impl Plugin {
             first_instance_ms = first_instance.as_secs_f64() * 1e3,
             "plugin loaded"
         );
+        // Looked up once: `available_parallelism` reads cgroup files.
+        let max_instances = manifest.limits.instances.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n as usize,
+        );
         Ok(Plugin {
+            max_instances,
+            host: host.clone(),
             manifest,
             dir: dir.to_path_buf(),
             pre,
-            env,
             info,
             namespace,
             report: LoadReport {
                 compile,
-                models: models_time,
+                models,
                 first_instance,
             },
-            idle: Mutex::new(vec![first]),
+            metrics,
+            base,
+            key_sets,
+            key_index,
         })
     }
 
@@ -177,14 +222,25 @@ impl Plugin {
         &self.namespace
     }
 
+    /// The plugin's RunInference metrics.
+    pub fn metrics(&self) -> &Arc<PluginMetrics> {
+        &self.metrics
+    }
+
     /// How loading went.
     pub fn load_report(&self) -> &LoadReport {
         &self.report
     }
 
-    /// The models granted to the plugin, by name.
+    /// The models of `[models]`, by name.
     pub fn models(&self) -> impl Iterator<Item = &GrantedModel> {
-        self.env.models.values().map(|m| m.as_ref())
+        self.base.models()
+    }
+
+    /// Warm instances to keep per model set, and the most batches run at once:
+    /// `[limits] instances`, else the number of cores.
+    pub fn max_instances(&self) -> usize {
+        self.max_instances
     }
 
     /// Batching in force: `overrides` (e.g. from the command line), else the
@@ -206,11 +262,50 @@ impl Plugin {
         }
     }
 
-    /// A new instance: instantiate, `init`, `load-model`.
-    pub fn instantiate(&self) -> Result<HandlerInstance, PluginError> {
+    /// The model set for an example's key: its `[[key_models]]` set, or the base set
+    /// for unkeyed examples and keys that no mapping names.
+    pub fn route(&self, key: Option<&serde_json::Value>) -> Route {
+        key.and_then(KeyName::of)
+            .and_then(|k| self.key_index.get(&k).copied())
+    }
+
+    /// The model set of `route`, loading a per-key set if it is not loaded (which may
+    /// evict the least recently used per-key set of the host).
+    pub fn model_set(&self, route: Route) -> Result<Arc<ModelSet>, PluginError> {
+        let Some(index) = route else {
+            return Ok(self.base.clone());
+        };
+        let slot = &self.key_sets[index];
+        let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(set) = live.as_ref() {
+            let set = set.clone();
+            drop(live);
+            self.host.touch_key_set(slot, &self.metrics);
+            return Ok(set);
+        }
+        let start = Instant::now();
+        let mut bound = self.manifest.models.clone();
+        bound.extend(slot.models.clone());
+        let env = bind_models(&self.host, &self.manifest, &self.dir, &bound)?;
+        let first = self.start_instance(env.clone())?;
+        let set = Arc::new(ModelSet {
+            model_id: model_id(&env),
+            env,
+            idle: Mutex::new(vec![first]),
+        });
+        self.metrics
+            .model_loaded(&set.model_id, model_bytes(&set.env), start.elapsed());
+        *live = Some(set.clone());
+        drop(live);
+        self.host.touch_key_set(slot, &self.metrics);
+        self.host.enforce_key_set_cap();
+        Ok(set)
+    }
+
+    fn start_instance(&self, env: Arc<PluginEnv>) -> Result<HandlerInstance, PluginError> {
         HandlerInstance::start(
             &self.pre,
-            self.env.clone(),
+            env,
             self.manifest.metrics_namespace.as_deref(),
             &self.manifest.handler_args(),
         )
@@ -221,43 +316,89 @@ impl Plugin {
         })
     }
 
-    /// A warm instance if one is idle, else a new one.
-    pub fn checkout(&self) -> Result<HandlerInstance, PluginError> {
-        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(instance) => Ok(instance),
-            None => self.instantiate(),
-        }
+    /// A new instance of the base model set: instantiate, `init`, `load-model`.
+    pub fn instantiate(&self) -> Result<HandlerInstance, PluginError> {
+        self.start_instance(self.base.env.clone())
     }
 
-    /// Returns an instance to the warm set after a call that did not lose it.
-    pub fn checkin(&self, instance: HandlerInstance) {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(instance);
-    }
-
-    /// Runs one batch on a warm instance; an instance that trapped or timed out is
-    /// dropped (and replaced on the next checkout).
+    /// Runs one batch on a warm instance of `set` (blocking). An instance that trapped
+    /// or timed out is dropped; the next batch starts a fresh one.
     pub fn run_batch(
         &self,
-        batch: Vec<crate::value::Value>,
+        set: &ModelSet,
+        batch: Vec<Value>,
         args: &[(String, String)],
-    ) -> Result<crate::instance::Inferences, InferenceError> {
-        let mut instance = self.checkout().map_err(|e| {
-            InferenceError::new(
-                crate::error::ErrorCode::Internal,
-                format!("no handler instance: {e}"),
-            )
-        })?;
+    ) -> Result<Inferences, InferenceError> {
+        let idle = set.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.start_instance(set.env.clone()).map_err(|e| {
+                InferenceError::new(ErrorCode::Internal, format!("no handler instance: {e}"))
+            })?,
+        };
         let result = instance.run_inference(batch, args);
         match &result {
             Err(e) if e.instance_lost() => {
                 tracing::warn!(plugin = %self.name(), error = %e, "handler instance discarded");
             }
-            _ => self.checkin(instance),
+            _ => {
+                let mut idle = set.idle.lock().unwrap_or_else(|e| e.into_inner());
+                if idle.len() < self.max_instances() {
+                    idle.push(instance);
+                }
+            }
         }
         result
     }
+}
+
+/// Loads (or finds loaded) the models `entries` and binds them to their names.
+fn bind_models(
+    host: &Host,
+    manifest: &Manifest,
+    dir: &Path,
+    entries: &BTreeMap<String, ModelEntry>,
+) -> Result<Arc<PluginEnv>, PluginError> {
+    let inner = host.inner();
+    let mut models = BTreeMap::new();
+    for (name, entry) in entries {
+        let path = dir.join(entry.path());
+        let model = inner
+            .models
+            .load(&path, entry.backend())
+            .map_err(|source| PluginError::Model {
+                plugin: manifest.name.clone(),
+                model: name.clone(),
+                source,
+            })?;
+        let id = format!("{}@{}", entry.path().display(), &model.digest()[..12]);
+        models.insert(
+            name.clone(),
+            Arc::new(GrantedModel {
+                name: name.clone(),
+                path: entry.path().to_path_buf(),
+                id,
+                model,
+            }),
+        );
+    }
+    Ok(Arc::new(PluginEnv {
+        plugin: manifest.name.clone(),
+        models,
+        metrics: inner.metrics.clone(),
+        limits: manifest.limits.clone(),
+        epoch_tick: inner.config.epoch_tick,
+    }))
+}
+
+fn model_id(env: &PluginEnv) -> String {
+    env.models
+        .values()
+        .map(|m| m.id.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn model_bytes(env: &PluginEnv) -> u64 {
+    env.models.values().map(|m| m.model.byte_size()).sum()
 }

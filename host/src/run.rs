@@ -1,29 +1,44 @@
 //! The `run` job: JSONL examples in, JSONL predictions and dead letters out.
 //!
-//! Every input line ends as exactly one prediction or one dead letter. Predictions
-//! are written in input order.
+//! A reader thread reads lines; each is decoded and submitted to the plugin's
+//! [`Dispatcher`] (dynamic batching, parallel instances); results are written in
+//! input order. Every input line ends as exactly one prediction or one dead letter,
+//! unless the run is stopped by `max_failure_ratio`.
 
-use crate::decode::{Decoded, decode_line};
-use crate::error::InferenceError;
+use crate::batch::BatchPolicy;
+use crate::decode::decode_line;
+use crate::dispatch::{DispatchOptions, Dispatcher, Reply};
+use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::BatchingConfig;
 use crate::plugin::Plugin;
 use crate::sink::{DeadLetter, Prediction, Stage, write_line};
 use std::io::{BufRead, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// Options of a run.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     /// Overrides of the plugin's batching.
     pub batching: BatchingConfig,
+    /// Adaptive batch sizing toward this latency per batch.
+    pub adaptive_batch_latency: Option<Duration>,
+    /// Batches run at once (default: the plugin's `[limits] instances`).
+    pub instances: Option<usize>,
     /// Beam's `inference_args`, passed to every `run-inference` call.
     pub inference_args: Vec<(String, String)>,
+    /// Stop when more than this fraction of the lines failed (checked from the
+    /// 100th line on, and at the end).
+    pub max_failure_ratio: Option<f64>,
+    /// Show a progress bar on stderr.
+    pub progress: bool,
 }
 
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct RunSummary {
-    /// Input lines read.
+    /// Input lines read and accounted for.
     pub lines: u64,
     /// Predictions written.
     pub predictions: u64,
@@ -37,157 +52,282 @@ pub struct RunSummary {
     pub failed_batches: u64,
     /// Wall time.
     pub elapsed: Duration,
+    /// Why the run stopped early (`max_failure_ratio`), if it did.
+    pub stopped: Option<String>,
+}
+
+/// Lines checked before `max_failure_ratio` may stop a run.
+pub const FAILURE_RATIO_MIN_LINES: u64 = 100;
+
+enum Outcome {
+    Decoded {
+        key: Option<serde_json::Value>,
+        example: serde_json::Value,
+        reply: Reply,
+    },
+    Undecodable {
+        key: Option<serde_json::Value>,
+        error: InferenceError,
+    },
+    ReadError(std::io::Error),
 }
 
 struct Pending {
     line: u64,
     input: String,
-    decoded: Decoded,
+    outcome: Outcome,
 }
 
-/// Runs every line of `input` through `plugin`.
+/// The dispatcher options a run uses for `plugin`.
+pub fn dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOptions {
+    let batching = plugin.batching(&options.batching);
+    let instances = options
+        .instances
+        .unwrap_or_else(|| plugin.max_instances())
+        .max(1);
+    DispatchOptions {
+        policy: BatchPolicy {
+            min_batch_size: batching.min_batch_size,
+            max_batch_size: batching.max_batch_size,
+            max_batch_duration: batching.max_batch_duration,
+            adaptive_target: options.adaptive_batch_latency,
+        },
+        instances,
+        queue_capacity: batching.max_batch_size * instances * 2,
+        inference_args: options.inference_args.clone(),
+    }
+}
+
+/// Runs every line of `input` through `plugin`, blocking (it starts its own tokio
+/// runtime; from async code use [`run_async`]).
 pub fn run_jsonl(
-    plugin: &Plugin,
-    mut input: impl BufRead,
-    predictions: &mut impl Write,
-    dead_letters: &mut impl Write,
+    plugin: &Arc<Plugin>,
+    input: impl BufRead + Send + 'static,
+    predictions: &mut (impl Write + Send),
+    dead_letters: &mut (impl Write + Send),
+    options: &RunOptions,
+) -> std::io::Result<RunSummary> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(plugin, options));
+        run_async(
+            &dispatcher,
+            Box::new(input),
+            predictions,
+            dead_letters,
+            options,
+        )
+        .await
+    })
+}
+
+/// Runs every line of `input` through `dispatcher`, and closes it at the end of the
+/// input (so the last batches flush at once).
+pub async fn run_async(
+    dispatcher: &Arc<Dispatcher>,
+    input: Box<dyn BufRead + Send>,
+    predictions: &mut (impl Write + Send + ?Sized),
+    dead_letters: &mut (impl Write + Send + ?Sized),
     options: &RunOptions,
 ) -> std::io::Result<RunSummary> {
     let start = Instant::now();
-    let batching = plugin.batching(&options.batching);
-    let input_kind = plugin.info().input.clone();
+    let ahead = dispatcher.options().queue_capacity.max(1024);
+    let (line_tx, line_rx) = mpsc::channel(256);
+    let reader = tokio::task::spawn_blocking(move || read_lines(input, line_tx));
+    let (pending_tx, mut pending_rx) = mpsc::channel(ahead);
+    let submitter = tokio::spawn(submit_lines(dispatcher.clone(), line_rx, pending_tx));
+
+    let progress = progress_bar(options.progress);
     let mut summary = RunSummary::default();
-    let mut batch: Vec<Pending> = Vec::with_capacity(batching.max_batch_size);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        if input.read_until(b'\n', &mut buf)? == 0 {
-            break;
-        }
-        summary.lines += 1;
-        // A line that is not UTF-8 is dead-lettered, not a reason to stop.
-        let line = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        match decode_line(&line, &input_kind) {
-            Ok(decoded) => {
-                batch.push(Pending {
-                    line: summary.lines,
-                    input: line,
-                    decoded,
-                });
-                if batch.len() >= batching.max_batch_size {
-                    flush(
-                        plugin,
-                        &mut batch,
-                        predictions,
-                        dead_letters,
-                        options,
-                        &mut summary,
-                    )?;
-                }
+    let mut read_error = None;
+    while let Some(pending) = pending_rx.recv().await {
+        let Pending {
+            line,
+            input,
+            outcome,
+        } = pending;
+        let (key, example, result) = match outcome {
+            Outcome::ReadError(e) => {
+                read_error = Some(e);
+                break;
             }
-            Err(failure) => {
+            Outcome::Undecodable { key, error } => {
                 summary.decode_failures += 1;
+                (key, None, Err((error, None)))
+            }
+            Outcome::Decoded {
+                key,
+                example,
+                reply,
+            } => {
+                let result = match reply.await {
+                    Ok(Ok(output)) => Ok(output),
+                    Ok(Err(failure)) => Err((failure.error, failure.model_id)),
+                    Err(_) => Err((
+                        InferenceError::new(ErrorCode::Internal, "the example's result was lost"),
+                        None,
+                    )),
+                };
+                (key, Some(example), result)
+            }
+        };
+        summary.lines += 1;
+        match result {
+            Ok(output) => {
+                summary.predictions += 1;
+                write_line(
+                    predictions,
+                    &Prediction {
+                        key: key.as_ref(),
+                        example: example.as_ref().expect("decoded"),
+                        inference: &output.value,
+                        model_id: output.model_id.as_deref(),
+                    },
+                )?;
+            }
+            Err((error, model_id)) => {
                 summary.dead_letters += 1;
                 write_line(
                     dead_letters,
                     &DeadLetter {
-                        line: summary.lines,
-                        key: failure.key.as_ref(),
-                        input: &line,
-                        stage: Stage::Decode,
-                        error: &failure.error,
-                        model_id: None,
-                    },
-                )?;
-            }
-        }
-    }
-    flush(
-        plugin,
-        &mut batch,
-        predictions,
-        dead_letters,
-        options,
-        &mut summary,
-    )?;
-    predictions.flush()?;
-    dead_letters.flush()?;
-    summary.elapsed = start.elapsed();
-    Ok(summary)
-}
-
-fn flush(
-    plugin: &Plugin,
-    batch: &mut Vec<Pending>,
-    predictions: &mut impl Write,
-    dead_letters: &mut impl Write,
-    options: &RunOptions,
-    summary: &mut RunSummary,
-) -> std::io::Result<()> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    let mut pending = std::mem::take(batch);
-    let values = pending
-        .iter_mut()
-        .map(|p| {
-            std::mem::replace(
-                &mut p.decoded.value,
-                crate::value::Value::Text(String::new()),
-            )
-        })
-        .collect();
-    summary.batches += 1;
-    match plugin.run_batch(values, &options.inference_args) {
-        Ok(inferences) => {
-            let model_id =
-                (!inferences.model_ids.is_empty()).then(|| inferences.model_ids.join(","));
-            for (p, inference) in pending.iter().zip(&inferences.values) {
-                write_line(
-                    predictions,
-                    &Prediction {
-                        key: p.decoded.key.as_ref(),
-                        example: &p.decoded.example,
-                        inference,
+                        line,
+                        key: key.as_ref(),
+                        input: &input,
+                        stage: if example.is_some() {
+                            Stage::Inference
+                        } else {
+                            Stage::Decode
+                        },
+                        error: &error,
                         model_id: model_id.as_deref(),
                     },
                 )?;
             }
-            summary.predictions += pending.len() as u64;
         }
-        Err(error) => {
-            summary.failed_batches += 1;
-            // The call failed, so which model it ran is unknown: name the granted ones.
-            let ids: Vec<&str> = plugin.models().map(|m| m.id.as_str()).collect();
-            let model_id = (!ids.is_empty()).then(|| ids.join(","));
-            write_failed_batch(&pending, &error, model_id.as_deref(), dead_letters, summary)?;
+        progress.inc(1);
+        if summary.lines >= FAILURE_RATIO_MIN_LINES
+            && let Some(reason) = ratio_exceeded(&summary, options.max_failure_ratio)
+        {
+            summary.stopped = Some(reason);
+            break;
         }
     }
-    Ok(())
+    progress.finish_and_clear();
+    // Stops the submitter and the reader if the run stopped early.
+    drop(pending_rx);
+    let _ = submitter.await;
+    let _ = reader.await;
+    if let Some(e) = read_error {
+        return Err(e);
+    }
+    if summary.stopped.is_none() {
+        summary.stopped = ratio_exceeded(&summary, options.max_failure_ratio);
+    }
+    predictions.flush()?;
+    dead_letters.flush()?;
+    (summary.batches, summary.failed_batches) = dispatcher.batch_counts();
+    summary.elapsed = start.elapsed();
+    Ok(summary)
 }
 
-fn write_failed_batch(
-    pending: &[Pending],
-    error: &InferenceError,
-    model_id: Option<&str>,
-    dead_letters: &mut impl Write,
-    summary: &mut RunSummary,
-) -> std::io::Result<()> {
-    for p in pending {
-        write_line(
-            dead_letters,
-            &DeadLetter {
-                line: p.line,
-                key: p.decoded.key.as_ref(),
-                input: &p.input,
-                stage: Stage::Inference,
-                error,
-                model_id,
-            },
-        )?;
+fn ratio_exceeded(summary: &RunSummary, max: Option<f64>) -> Option<String> {
+    let max = max?;
+    let ratio = summary.dead_letters as f64 / summary.lines.max(1) as f64;
+    (ratio > max).then(|| {
+        format!(
+            "{} of {} lines failed ({:.1}%), more than the allowed {:.1}%",
+            summary.dead_letters,
+            summary.lines,
+            ratio * 100.0,
+            max * 100.0
+        )
+    })
+}
+
+fn read_lines(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
+    loop {
+        let mut buf = Vec::new();
+        match input.read_until(b'\n', &mut buf) {
+            Ok(0) => return,
+            Ok(_) => {
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        }
     }
-    summary.dead_letters += pending.len() as u64;
-    Ok(())
+}
+
+async fn submit_lines(
+    dispatcher: Arc<Dispatcher>,
+    mut lines: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    pending: mpsc::Sender<Pending>,
+) {
+    let input_kind = dispatcher.plugin().info().input.clone();
+    let mut number = 0;
+    while let Some(line) = lines.recv().await {
+        number += 1;
+        let buf = match line {
+            Ok(buf) => buf,
+            Err(e) => {
+                let _ = pending
+                    .send(Pending {
+                        line: number,
+                        input: String::new(),
+                        outcome: Outcome::ReadError(e),
+                    })
+                    .await;
+                return;
+            }
+        };
+        // A line that is not UTF-8 is dead-lettered, not a reason to stop.
+        let input = String::from_utf8_lossy(&buf)
+            .trim_end_matches(['\n', '\r'])
+            .to_string();
+        let outcome = match decode_line(&input, &input_kind) {
+            Ok(decoded) => {
+                let reply = dispatcher.submit(decoded.key.as_ref(), decoded.value).await;
+                Outcome::Decoded {
+                    key: decoded.key,
+                    example: decoded.example,
+                    reply,
+                }
+            }
+            Err(failure) => Outcome::Undecodable {
+                key: failure.key,
+                error: failure.error,
+            },
+        };
+        let pending_line = Pending {
+            line: number,
+            input,
+            outcome,
+        };
+        if pending.send(pending_line).await.is_err() {
+            return;
+        }
+    }
+    // End of input: flush what is queued without waiting for batch timers.
+    dispatcher.close();
+}
+
+fn progress_bar(show: bool) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {human_pos} lines  {per_sec}  {elapsed}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
 }

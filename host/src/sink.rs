@@ -51,7 +51,7 @@ pub struct DeadLetter<'a> {
 }
 
 /// Writes one value as a JSON line.
-pub fn write_line(out: &mut impl Write, value: &impl Serialize) -> std::io::Result<()> {
+pub fn write_line(out: &mut (impl Write + ?Sized), value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
 }

@@ -127,3 +127,70 @@ fn an_unknown_plugin_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("no plugin `nope`"), "{stderr}");
 }
+
+#[test]
+fn metrics_out_and_failure_ratio_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = dir.path().join("metrics.prom");
+    let input = dir.path().join("in.jsonl");
+    let mut text = String::new();
+    for i in 0..200 {
+        text.push_str(if i % 4 == 0 {
+            "[1, 2]\n"
+        } else {
+            "[5.1, 3.5, 1.4, 0.2]\n"
+        });
+    }
+    std::fs::write(&input, text).unwrap();
+    let out = runinfer()
+        .args([
+            "run",
+            "iris",
+            "-q",
+            "--max-failure-ratio",
+            "0.1",
+            "--dead-letters",
+            "/dev/null",
+            "--metrics-out",
+        ])
+        .arg(&metrics)
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stopped: 25 of 100 lines failed (25.0%)"),
+        "{stderr}"
+    );
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("# TYPE iris_num_inferences counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("iris_inference_batch_latency_micro_secs_bucket"),
+        "{text}"
+    );
+
+    let out = runinfer()
+        .args([
+            "run",
+            "iris",
+            "-q",
+            "--max-failure-ratio",
+            "0.3",
+            "--dead-letters",
+            "/dev/null",
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 150);
+}

@@ -7,6 +7,7 @@ use runinfer::run::{RunOptions, RunSummary, run_jsonl};
 use runinfer::{Host, HostConfig, Plugin};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -33,9 +34,16 @@ pub fn host() -> Host {
 }
 
 /// Loads a bundled plugin.
-pub fn bundled(host: &Host, name: &str) -> Plugin {
-    host.load_plugin(&plugins_dir().join(name))
-        .unwrap_or_else(|e| panic!("bundled plugin {name} loads: {e}"))
+pub fn bundled(host: &Host, name: &str) -> Arc<Plugin> {
+    load(host, &plugins_dir().join(name))
+}
+
+/// Loads the plugin in `dir`.
+pub fn load(host: &Host, dir: &Path) -> Arc<Plugin> {
+    Arc::new(
+        host.load_plugin(dir)
+            .unwrap_or_else(|e| panic!("plugin {} loads: {e}", dir.display())),
+    )
 }
 
 /// A temporary plugin directory with the bundled `component_of` component, the given
@@ -75,9 +83,10 @@ pub struct Output {
 }
 
 /// Runs JSONL `input` through `plugin`.
-pub fn run(plugin: &Plugin, input: &[u8], options: &RunOptions) -> Output {
+pub fn run(plugin: &Arc<Plugin>, input: &[u8], options: &RunOptions) -> Output {
     let mut predictions = Vec::new();
     let mut dead_letters = Vec::new();
+    let input = std::io::Cursor::new(input.to_vec());
     let summary = run_jsonl(plugin, input, &mut predictions, &mut dead_letters, options)
         .expect("run completes");
     Output {
@@ -123,4 +132,28 @@ pub fn assert_all_close(actual: &Value, expected: &Value, tolerance: f64, what: 
         }
         _ => assert_close(actual, expected, tolerance, what),
     }
+}
+
+/// Run options whose batches flush on size or at the end of the input only, so that
+/// batch counts do not depend on the machine's speed.
+pub fn size_only(max_batch_size: u32) -> RunOptions {
+    RunOptions {
+        batching: runinfer::manifest::BatchingConfig {
+            max_batch_size: Some(max_batch_size),
+            max_batch_duration_ms: Some(600_000),
+            min_batch_size: None,
+        },
+        ..RunOptions::default()
+    }
+}
+
+/// Parses Prometheus text into `name{labels}` -> value.
+pub fn prometheus_values(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

@@ -1,0 +1,224 @@
+//! The runtime of one plugin: examples are queued per model set, formed into batches
+//! ([`crate::batch`]) and run in parallel on warm instances; each example gets its
+//! own result back. `run` (JSONL) and serving feed the same dispatcher.
+
+use crate::batch::{BatchPolicy, BatchSizer, Queued, next_batch};
+use crate::error::{ErrorCode, InferenceError};
+use crate::plugin::{Plugin, Route};
+use crate::value::Value;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::time::Instant;
+
+/// A successful inference.
+#[derive(Debug)]
+pub struct Output {
+    /// The handler's inference.
+    pub value: Value,
+    /// The models the handler ran for the batch (comma-separated); `None` if none.
+    pub model_id: Option<String>,
+}
+
+/// A failed inference: the error and the model set that was to serve it.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    /// What went wrong.
+    pub error: InferenceError,
+    /// The ids of the models bound for the batch, if known.
+    pub model_id: Option<String>,
+}
+
+/// What an example's submitter receives.
+pub type Reply = oneshot::Receiver<Result<Output, Failure>>;
+
+struct Job {
+    value: Value,
+    reply: oneshot::Sender<Result<Output, Failure>>,
+}
+
+/// Options of a dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatchOptions {
+    /// How batches are formed.
+    pub policy: BatchPolicy,
+    /// Most batches run at once (and warm instances kept per model set).
+    pub instances: usize,
+    /// Examples queued per model set before `submit` waits.
+    pub queue_capacity: usize,
+    /// Beam's `inference_args`, passed to every `run-inference` call.
+    pub inference_args: Vec<(String, String)>,
+}
+
+/// Routes, batches and runs the examples of one plugin.
+pub struct Dispatcher {
+    plugin: Arc<Plugin>,
+    options: DispatchOptions,
+    args: Arc<Vec<(String, String)>>,
+    permits: Arc<Semaphore>,
+    queues: Mutex<HashMap<Route, mpsc::Sender<Queued<Job>>>>,
+    batches: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+impl Dispatcher {
+    /// A dispatcher for `plugin`. Must be created inside a tokio runtime.
+    pub fn new(plugin: Arc<Plugin>, options: DispatchOptions) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher {
+            args: Arc::new(options.inference_args.clone()),
+            permits: Arc::new(Semaphore::new(options.instances.max(1))),
+            plugin,
+            options,
+            queues: Mutex::new(HashMap::new()),
+            batches: AtomicU64::new(0),
+            failed_batches: AtomicU64::new(0),
+        })
+    }
+
+    /// Batches run so far, and how many of them failed.
+    pub fn batch_counts(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.failed_batches.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The plugin served.
+    pub fn plugin(&self) -> &Arc<Plugin> {
+        &self.plugin
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &DispatchOptions {
+        &self.options
+    }
+
+    /// Queues one example (waiting while its queue is full) and returns where its
+    /// result will arrive. The key only chooses the model set; it never reaches the
+    /// handler.
+    pub async fn submit(self: &Arc<Self>, key: Option<&serde_json::Value>, value: Value) -> Reply {
+        let route = self.plugin.route(key);
+        let (reply, receiver) = oneshot::channel();
+        let sender = self.queue(route);
+        if let Err(mpsc::error::SendError(job)) =
+            sender.send(Queued::now(Job { value, reply })).await
+        {
+            let _ = job.item.reply.send(Err(Failure {
+                error: InferenceError::new(ErrorCode::Internal, "the plugin's queue is closed"),
+                model_id: None,
+            }));
+        }
+        receiver
+    }
+
+    /// Stops accepting examples; queued ones still run. Replies already handed out
+    /// will all arrive.
+    pub fn close(&self) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
+    fn queue(self: &Arc<Self>, route: Route) -> mpsc::Sender<Queued<Job>> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .entry(route)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(self.options.queue_capacity.max(1));
+                tokio::spawn(self.clone().batcher(route, rx));
+                tx
+            })
+            .clone()
+    }
+
+    /// Forms batches for one model set and runs each on an instance as one frees up,
+    /// so that examples arriving meanwhile make the next batch larger.
+    async fn batcher(self: Arc<Self>, route: Route, mut rx: mpsc::Receiver<Queued<Job>>) {
+        let policy = self.options.policy;
+        let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
+        loop {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                return;
+            };
+            let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
+            let Some(batch) = next_batch(&mut rx, &policy, target).await else {
+                return;
+            };
+            let this = self.clone();
+            let sizer = sizer.clone();
+            tokio::spawn(async move {
+                this.run(route, batch, &sizer).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn run(&self, route: Route, batch: Vec<Queued<Job>>, sizer: &Mutex<BatchSizer>) {
+        let metrics = self.plugin.metrics().clone();
+        let started = Instant::now();
+        let size = batch.len();
+        let mut values = Vec::with_capacity(size);
+        let mut waiting = Vec::with_capacity(size);
+        for queued in batch {
+            values.push(queued.item.value);
+            waiting.push((queued.queued_at, queued.item.reply));
+        }
+        let bytes = values.iter().map(Value::byte_size).sum();
+        let plugin = self.plugin.clone();
+        let args = self.args.clone();
+        // Wasm calls are synchronous: run them on the blocking pool.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let set = plugin.model_set(route).map_err(|e| {
+                (
+                    InferenceError::new(ErrorCode::Model, e.to_string()),
+                    String::new(),
+                )
+            })?;
+            plugin
+                .run_batch(&set, values, &args)
+                .map(|inferences| (inferences, set.model_id().to_string()))
+                .map_err(|e| (e, set.model_id().to_string()))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err((
+                InferenceError::new(ErrorCode::Internal, format!("batch task failed: {e}")),
+                String::new(),
+            ))
+        });
+        let latency = started.elapsed();
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok((inferences, set_model_id)) => {
+                metrics.batch_done(&set_model_id, size, bytes, latency);
+                sizer
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .record(size, latency);
+                let model_id =
+                    (!inferences.model_ids.is_empty()).then(|| inferences.model_ids.join(","));
+                let done = Instant::now();
+                for ((queued_at, reply), value) in waiting.into_iter().zip(inferences.values) {
+                    metrics.element_done(&set_model_id, started - queued_at, done - queued_at);
+                    let _ = reply.send(Ok(Output {
+                        value,
+                        model_id: model_id.clone(),
+                    }));
+                }
+            }
+            Err((error, set_model_id)) => {
+                metrics.batch_failed(&set_model_id);
+                self.failed_batches.fetch_add(1, Ordering::Relaxed);
+                let failure = Failure {
+                    error,
+                    model_id: (!set_model_id.is_empty()).then_some(set_model_id),
+                };
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(failure.clone()));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The RunInference runtime end to end: parallel instances keep input order, keys are
+//! re-attached, per-key models with LRU eviction, exact metrics, failure ratio.
+
+use runinfer::compile::CompileCache;
+use runinfer::run::RunOptions;
+use runinfer::{Host, HostConfig};
+use runinfer_e2e::*;
+use serde_json::{Value, json};
+
+fn iris_lines(n: usize) -> Vec<Value> {
+    let rows = read_jsonl("examples/iris.jsonl");
+    (0..n).map(|i| rows[i % rows.len()].clone()).collect()
+}
+
+fn to_input(values: &[Value]) -> Vec<u8> {
+    values
+        .iter()
+        .map(|v| format!("{v}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+#[test]
+fn parallel_instances_keep_input_order() {
+    let host = host();
+    let plugin = bundled(&host, "iris");
+    let lines = iris_lines(1000);
+    let golden = read_jsonl("tests/golden/iris.jsonl");
+    for (instances, batch) in [(1, 1), (4, 7), (3, 64)] {
+        let options = RunOptions {
+            instances: Some(instances),
+            ..size_only(batch)
+        };
+        let out = run(&plugin, &to_input(&lines), &options);
+        assert_eq!(out.predictions.len(), 1000);
+        assert_eq!(out.summary.batches, 1000u64.div_ceil(batch as u64));
+        for (i, p) in out.predictions.iter().enumerate() {
+            assert_eq!(p["example"], lines[i], "line {i}, instances {instances}");
+            assert_eq!(
+                p["inference"]["label"],
+                golden[i % 150]["label"],
+                "line {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn time_based_flushes_lose_nothing_and_keep_order() {
+    // Tiny waits force many partial batches while lines are still arriving.
+    let host = host();
+    let plugin = bundled(&host, "iris");
+    let lines = iris_lines(600);
+    let options = RunOptions {
+        instances: Some(2),
+        batching: runinfer::manifest::BatchingConfig {
+            max_batch_size: Some(50),
+            max_batch_duration_ms: Some(1),
+            min_batch_size: Some(1),
+        },
+        ..RunOptions::default()
+    };
+    let out = run(&plugin, &to_input(&lines), &options);
+    assert_eq!(out.predictions.len(), 600);
+    for (i, p) in out.predictions.iter().enumerate() {
+        assert_eq!(p["example"], lines[i]);
+    }
+}
+
+#[test]
+fn keyed_and_unkeyed_lines_mix_and_keys_come_back() {
+    let host = host();
+    let plugin = bundled(&host, "iris");
+    let lines = iris_lines(300);
+    let mixed: Vec<Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, ex)| match i % 3 {
+            0 => ex.clone(),
+            1 => json!({"key": format!("k{i}"), "example": ex}),
+            _ => json!({"key": {"id": i, "tags": ["a"]}, "example": ex}),
+        })
+        .collect();
+    let out = run(
+        &plugin,
+        &to_input(&mixed),
+        &RunOptions {
+            instances: Some(3),
+            ..size_only(16)
+        },
+    );
+    assert_eq!(out.predictions.len(), 300);
+    for (i, p) in out.predictions.iter().enumerate() {
+        assert_eq!(p["example"], lines[i]);
+        match i % 3 {
+            0 => assert!(p.get("key").is_none()),
+            1 => assert_eq!(p["key"], format!("k{i}")),
+            _ => assert_eq!(p["key"], json!({"id": i, "tags": ["a"]})),
+        }
+    }
+}
+
+fn keyed_plugin() -> tempfile::TempDir {
+    scratch_plugin(
+        "onnx-tensor",
+        r#"
+        name = "per-key"
+        component = "onnx-tensor.wasm"
+        [models]
+        model = "models/tiny_mlp.onnx"
+        [args]
+        outputs = "logits"
+        [[key_models]]
+        keys = ["v2", 2]
+        models = { model = "models/tiny_mlp_v2.onnx" }
+        [[key_models]]
+        keys = ["v3"]
+        models = { model = "models/tiny_mlp_v3.onnx" }
+        "#,
+    )
+}
+
+fn keyed_input(golden: &[Value], key: Option<Value>) -> Vec<u8> {
+    let lines: Vec<Value> = golden
+        .iter()
+        .map(|g| match &key {
+            Some(k) => json!({"key": k, "example": g["example"]}),
+            None => g["example"].clone(),
+        })
+        .collect();
+    to_input(&lines)
+}
+
+#[test]
+fn per_key_models_with_lru_eviction() {
+    let cache = root().join("target").join("test-compile-cache");
+    let host = Host::new(HostConfig {
+        compile_cache: Some(CompileCache::new(cache)),
+        max_key_model_sets: 1,
+        ..HostConfig::default()
+    })
+    .unwrap();
+    let dir = keyed_plugin();
+    let plugin = load(&host, dir.path());
+    let golden = |v: &str| read_jsonl(&format!("tests/golden/{v}.jsonl"));
+    let (base, v2, v3) = (
+        golden("tiny_mlp"),
+        golden("tiny_mlp_v2"),
+        golden("tiny_mlp_v3"),
+    );
+    assert_eq!(host.models().load_count(), 1);
+
+    let check = |out: &Output, expected: &[Value], file: &str| {
+        assert_eq!(
+            out.predictions.len(),
+            expected.len(),
+            "{:?}",
+            out.dead_letters
+        );
+        for (p, g) in out.predictions.iter().zip(expected) {
+            assert_all_close(&p["inference"], &g["logits"], 1e-5, file);
+            assert!(
+                p["model_id"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("models/{file}.onnx@")),
+                "{p}"
+            );
+        }
+    };
+    // Unkeyed lines and unmapped keys use [models].
+    check(
+        &run(&plugin, &keyed_input(&base, None), &size_only(8)),
+        &base,
+        "tiny_mlp",
+    );
+    check(
+        &run(
+            &plugin,
+            &keyed_input(&base, Some(json!("other"))),
+            &size_only(8),
+        ),
+        &base,
+        "tiny_mlp",
+    );
+    // "v2" and 2 map to the same set: loaded once.
+    check(
+        &run(&plugin, &keyed_input(&v2, Some(json!("v2"))), &size_only(8)),
+        &v2,
+        "tiny_mlp_v2",
+    );
+    check(
+        &run(&plugin, &keyed_input(&v2, Some(json!(2))), &size_only(8)),
+        &v2,
+        "tiny_mlp_v2",
+    );
+    assert_eq!(host.models().load_count(), 2);
+    // Cap 1: loading v3 evicts v2; v2 again evicts v3 and loads v2 again.
+    check(
+        &run(&plugin, &keyed_input(&v3, Some(json!("v3"))), &size_only(8)),
+        &v3,
+        "tiny_mlp_v3",
+    );
+    check(
+        &run(&plugin, &keyed_input(&v2, Some(json!("v2"))), &size_only(8)),
+        &v2,
+        "tiny_mlp_v2",
+    );
+    assert_eq!(host.models().load_count(), 4);
+    // The base model and v2 are loaded; v3 was freed with its evicted set.
+    assert_eq!(host.models().len(), 2);
+
+    let m = prometheus_values(&host.metrics().encode());
+    assert_eq!(m["runinfer_model_loads_total"], 4.0);
+    assert_eq!(m["runinfer_model_evictions_total"], 2.0);
+    let v2_label = "{model_id=\"models/tiny_mlp_v2.onnx@";
+    let loaded: Vec<(&String, &f64)> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("per_key_model_loaded{"))
+        .collect();
+    assert_eq!(loaded.len(), 3, "{loaded:?}");
+    for (k, v) in loaded {
+        let expect = if k.contains("tiny_mlp_v3") { 0.0 } else { 1.0 };
+        assert_eq!(*v, expect, "{k}");
+    }
+    // 64 examples per run, three runs on v2.
+    let v2_count = m
+        .iter()
+        .find(|(k, _)| k.starts_with("per_key_num_inferences_total") && k.contains(v2_label))
+        .map(|(_, v)| *v);
+    assert_eq!(v2_count, Some(192.0));
+}
+
+#[test]
+fn metrics_have_exact_values_after_a_known_run() {
+    let host = host();
+    let dir = scratch_plugin(
+        "iris",
+        "name = \"iris-metrics\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/iris.onnx\"\n",
+    );
+    let plugin = load(&host, dir.path());
+    let lines = iris_lines(10);
+    let mut input = to_input(&lines);
+    input.extend_from_slice(b"[1, 2]\n"); // undecodable: never reaches a batch
+    let out = run(
+        &plugin,
+        &input,
+        &RunOptions {
+            instances: Some(1),
+            ..size_only(4)
+        },
+    );
+    assert_eq!(out.predictions.len(), 10);
+    let id = plugin.models().next().unwrap().id.clone();
+    let l = format!("{{model_id=\"{id}\"}}");
+    let m = prometheus_values(&host.metrics().encode());
+    let get = |name: &str| m.get(&format!("iris_metrics_{name}{l}")).copied();
+    assert_eq!(get("num_inferences_total"), Some(10.0));
+    assert_eq!(get("inference_request_batch_size_count"), Some(3.0));
+    assert_eq!(get("inference_request_batch_size_sum"), Some(10.0));
+    // 4 f32 features per example.
+    assert_eq!(get("inference_request_batch_byte_size_sum"), Some(160.0));
+    assert_eq!(get("inference_batch_latency_micro_secs_count"), Some(3.0));
+    assert_eq!(get("queue_wait_micro_secs_count"), Some(10.0));
+    assert_eq!(get("element_latency_micro_secs_count"), Some(10.0));
+    assert_eq!(
+        get("model_byte_size"),
+        Some(
+            std::fs::metadata(dir.path().join("models/iris.onnx"))
+                .unwrap()
+                .len() as f64
+        )
+    );
+    assert_eq!(get("model_loaded"), Some(1.0));
+    assert_eq!(get("load_model_latency_milli_secs_count"), Some(1.0));
+    assert_eq!(get("failed_batches_counter_total"), None);
+
+    // A failing batch is counted under the same label.
+    let dir = scratch_plugin(
+        "onnx-tensor",
+        "name = \"tensor-metrics\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/tiny_mlp.onnx\"\n",
+    );
+    let plugin = load(&host, dir.path());
+    let out = run(&plugin, b"[[1,2,3,4]]\n", &RunOptions::default());
+    assert_eq!(out.dead_letters.len(), 1);
+    let id = plugin.models().next().unwrap().id.clone();
+    let m = prometheus_values(&host.metrics().encode());
+    assert_eq!(
+        m[&format!("tensor_metrics_failed_batches_counter_total{{model_id=\"{id}\"}}")],
+        1.0
+    );
+}
+
+#[test]
+fn max_failure_ratio_stops_the_run() {
+    let host = host();
+    let plugin = bundled(&host, "iris");
+    let mut input = String::new();
+    for i in 0..1000 {
+        input.push_str(if i % 2 == 0 {
+            "[5.1, 3.5, 1.4, 0.2]\n"
+        } else {
+            "[1]\n"
+        });
+    }
+    let options = RunOptions {
+        max_failure_ratio: Some(0.2),
+        ..RunOptions::default()
+    };
+    let out = run(&plugin, input.as_bytes(), &options);
+    let reason = out.summary.stopped.expect("stopped");
+    assert_eq!(out.summary.lines, 100);
+    assert_eq!(
+        reason,
+        "50 of 100 lines failed (50.0%), more than the allowed 20.0%"
+    );
+    assert_eq!(out.predictions.len() + out.dead_letters.len(), 100);
+
+    // Under the ratio, the run completes.
+    let options = RunOptions {
+        max_failure_ratio: Some(0.6),
+        ..RunOptions::default()
+    };
+    let out = run(&plugin, input.as_bytes(), &options);
+    assert!(out.summary.stopped.is_none());
+    assert_eq!(out.summary.lines, 1000);
+}
+
+#[test]
+fn adaptive_batching_completes_with_every_line() {
+    let host = host();
+    let plugin = bundled(&host, "iris");
+    let lines = iris_lines(2000);
+    let options = RunOptions {
+        adaptive_batch_latency: Some(std::time::Duration::from_millis(2)),
+        instances: Some(2),
+        ..size_only(256)
+    };
+    let out = run(&plugin, &to_input(&lines), &options);
+    assert_eq!(out.predictions.len(), 2000);
+    // Batches start at the minimum size and grow.
+    assert!(out.summary.batches > 2000 / 256, "{}", out.summary.batches);
+    for (i, p) in out.predictions.iter().enumerate() {
+        assert_eq!(p["example"], lines[i]);
+    }
+}
