@@ -4,8 +4,9 @@
 //!   cargo run --release -p runinfer-bench -- [--reps N] [--lines N] [--suite S]
 //!
 //! Prints a Markdown report. `foundation`: plugin load time (compiled and cached),
-//! instance start time, and `run` throughput vs the native loop (median of N
-//! alternating runs). `runtime`: throughput of `run` and open-loop latency through
+//! instance start time, the handler call alone (decoded examples in, values out),
+//! and `run` throughput vs the native loop (median of N alternating runs); `calls`:
+//! only the handler call at batch 32 (for profiling). `runtime`: throughput of `run` and open-loop latency through
 //! the dispatcher against batch size and max wait, on iris and onnx-tensor.
 
 use anyhow::{Context, Result};
@@ -160,7 +161,8 @@ fn foundation(args: &Args) -> Result<()> {
     // Plugin load: compiled (empty cache) vs cached (second start), new host each time.
     let (mut compiled, mut cached, mut compile_only, mut cache_only) =
         (vec![], vec![], vec![], vec![]);
-    for _ in 0..args.reps {
+    let load_reps = if args.suite == "calls" { 1 } else { args.reps };
+    for _ in 0..load_reps {
         let cache = tempfile::tempdir()?;
         for (total, part, expect) in [
             (&mut compiled, &mut compile_only, CompileSource::Compiled),
@@ -185,6 +187,43 @@ fn foundation(args: &Args) -> Result<()> {
         let instance = plugin.instantiate()?;
         starts.push(start.elapsed().as_secs_f64() * 1e6);
         drop(instance);
+    }
+
+    // The handler call alone (decoded examples in, inferences out), no pipeline.
+    let decoded: Vec<Value> = std::str::from_utf8(&input(&root, 3200)?)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let set = plugin.model_set(None)?;
+    let mut call_rates = Vec::new();
+    let call_batches: &[usize] = if args.suite == "calls" {
+        &[32]
+    } else {
+        &[1, 32]
+    };
+    for &batch in call_batches {
+        let mut rates = Vec::new();
+        for _ in 0..args.reps {
+            let batches: Vec<Vec<runinfer::value::Value>> = decoded
+                .chunks(batch)
+                .map(|c| {
+                    c.iter()
+                        .map(|v| runinfer::decode::decode_example(v, &plugin.info().input).unwrap())
+                        .collect()
+                })
+                .collect();
+            let start = Instant::now();
+            let mut n = 0;
+            for b in batches {
+                n += plugin.run_batch(&set, b, &[])?.values.len();
+            }
+            rates.push(n as f64 / start.elapsed().as_secs_f64());
+        }
+        call_rates.push((batch, median(rates)));
+    }
+    if args.suite == "calls" {
+        println!("handler calls alone, batch 32: {:.0} ex/s", call_rates[0].1);
+        return Ok(());
     }
 
     // Throughput: runinfer run (wasm handler) vs the native loop, alternating.
@@ -238,6 +277,11 @@ fn foundation(args: &Args) -> Result<()> {
         "\ninstance start (instantiate + init + load-model): median {:.1} µs over 200\n",
         median(starts)
     );
+    for (batch, rate) in &call_rates {
+        println!(
+            "handler calls alone, batch {batch}: {rate:.0} ex/s (decoded examples in, inference values out)\n"
+        );
+    }
     println!(
         "| batch | runinfer run (wasm handler) ex/s | native tract loop ex/s | runinfer / native |"
     );
@@ -373,7 +417,7 @@ fn runtime(args: &Args) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    if matches!(args.suite.as_str(), "foundation" | "all") {
+    if matches!(args.suite.as_str(), "foundation" | "all" | "calls") {
         foundation(&args)?;
         println!();
     }

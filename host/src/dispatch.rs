@@ -1,6 +1,10 @@
 //! The runtime of one plugin: examples are queued per model set, formed into batches
 //! ([`crate::batch`]) and run in parallel on warm instances; each example gets its
 //! own result back. `run` (JSONL) and serving feed the same dispatcher.
+//!
+//! Batches run on `instances` dedicated worker threads (wasm calls are synchronous).
+//! Up to two batches per worker may be formed ahead, so a worker finds its next batch
+//! waiting instead of being woken for it.
 
 use crate::batch::{BatchPolicy, BatchSizer, Queued, next_batch};
 use crate::error::{ErrorCode, InferenceError};
@@ -9,7 +13,7 @@ use crate::value::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 /// A successful inference.
@@ -55,33 +59,71 @@ pub struct DispatchOptions {
 pub struct Dispatcher {
     plugin: Arc<Plugin>,
     options: DispatchOptions,
-    args: Arc<Vec<(String, String)>>,
     permits: Arc<Semaphore>,
     queues: Mutex<HashMap<Route, mpsc::Sender<Queued<Job>>>>,
+    work: std::sync::mpsc::Sender<Work>,
+    stats: Arc<Stats>,
+}
+
+#[derive(Default)]
+struct Stats {
     batches: AtomicU64,
     failed_batches: AtomicU64,
+}
+
+/// A formed batch on its way to a worker thread.
+struct Work {
+    route: Route,
+    batch: Vec<Queued<Job>>,
+    sizer: Arc<Mutex<BatchSizer>>,
+    /// Released when the batch is done, letting the batcher form another.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What the worker threads share.
+struct WorkerContext {
+    plugin: Arc<Plugin>,
+    args: Vec<(String, String)>,
+    stats: Arc<Stats>,
 }
 
 impl Dispatcher {
     /// A dispatcher for `plugin`. Must be created inside a tokio runtime.
     pub fn new(plugin: Arc<Plugin>, options: DispatchOptions) -> Arc<Dispatcher> {
+        let instances = options.instances.max(1);
+        let stats = Arc::new(Stats::default());
+        let (work, inbox) = std::sync::mpsc::channel::<Work>();
+        let inbox = Arc::new(Mutex::new(inbox));
+        let context = Arc::new(WorkerContext {
+            plugin: plugin.clone(),
+            args: options.inference_args.clone(),
+            stats: stats.clone(),
+        });
+        for i in 0..instances {
+            let inbox = inbox.clone();
+            let context = context.clone();
+            std::thread::Builder::new()
+                .name(format!("runinfer-{}-{i}", plugin.name()))
+                .spawn(move || {
+                    // Ends when the dispatcher and its batchers are gone.
+                    loop {
+                        let next = inbox.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match next {
+                            Ok(work) => context.execute(work),
+                            Err(_) => return,
+                        }
+                    }
+                })
+                .expect("cannot start a worker thread");
+        }
         Arc::new(Dispatcher {
-            args: Arc::new(options.inference_args.clone()),
-            permits: Arc::new(Semaphore::new(options.instances.max(1))),
+            permits: Arc::new(Semaphore::new(instances * 2)),
             plugin,
             options,
             queues: Mutex::new(HashMap::new()),
-            batches: AtomicU64::new(0),
-            failed_batches: AtomicU64::new(0),
+            work,
+            stats,
         })
-    }
-
-    /// Batches run so far, and how many of them failed.
-    pub fn batch_counts(&self) -> (u64, u64) {
-        (
-            self.batches.load(Ordering::Relaxed),
-            self.failed_batches.load(Ordering::Relaxed),
-        )
     }
 
     /// The plugin served.
@@ -92,6 +134,14 @@ impl Dispatcher {
     /// The options in force.
     pub fn options(&self) -> &DispatchOptions {
         &self.options
+    }
+
+    /// Batches run so far, and how many of them failed.
+    pub fn batch_counts(&self) -> (u64, u64) {
+        (
+            self.stats.batches.load(Ordering::Relaxed),
+            self.stats.failed_batches.load(Ordering::Relaxed),
+        )
     }
 
     /// Queues one example (waiting while its queue is full) and returns where its
@@ -127,36 +177,74 @@ impl Dispatcher {
             .entry(route)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(self.options.queue_capacity.max(1));
-                tokio::spawn(self.clone().batcher(route, rx));
+                tokio::spawn(batcher(
+                    route,
+                    rx,
+                    self.options.policy,
+                    self.permits.clone(),
+                    self.work.clone(),
+                ));
                 tx
             })
             .clone()
     }
+}
 
-    /// Forms batches for one model set and runs each on an instance as one frees up,
-    /// so that examples arriving meanwhile make the next batch larger.
-    async fn batcher(self: Arc<Self>, route: Route, mut rx: mpsc::Receiver<Queued<Job>>) {
-        let policy = self.options.policy;
-        let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
-        loop {
-            let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                return;
-            };
-            let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
-            let Some(batch) = next_batch(&mut rx, &policy, target).await else {
-                return;
-            };
-            let this = self.clone();
-            let sizer = sizer.clone();
-            tokio::spawn(async move {
-                this.run(route, batch, &sizer).await;
-                drop(permit);
-            });
+/// Forms batches for one model set and hands each to the worker threads; a batch is
+/// formed when a worker slot frees up, so examples that arrive meanwhile make the
+/// next batch larger.
+async fn batcher(
+    route: Route,
+    mut rx: mpsc::Receiver<Queued<Job>>,
+    policy: BatchPolicy,
+    permits: Arc<Semaphore>,
+    work: std::sync::mpsc::Sender<Work>,
+) {
+    let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
+        let Some(batch) = next_batch(&mut rx, &policy, target).await else {
+            return;
+        };
+        let item = Work {
+            route,
+            batch,
+            sizer: sizer.clone(),
+            _permit: permit,
+        };
+        if let Err(std::sync::mpsc::SendError(item)) = work.send(item) {
+            fail_all(item.batch, &closed_failure());
+            return;
         }
     }
+}
 
-    async fn run(&self, route: Route, batch: Vec<Queued<Job>>, sizer: &Mutex<BatchSizer>) {
-        let metrics = self.plugin.metrics().clone();
+fn closed_failure() -> Failure {
+    Failure {
+        error: InferenceError::new(ErrorCode::Internal, "the plugin's workers stopped"),
+        model_id: None,
+    }
+}
+
+fn fail_all(batch: Vec<Queued<Job>>, failure: &Failure) {
+    for queued in batch {
+        let _ = queued.item.reply.send(Err(failure.clone()));
+    }
+}
+
+impl WorkerContext {
+    /// Runs one batch on this thread and answers every example of it.
+    fn execute(&self, work: Work) {
+        let Work {
+            route,
+            batch,
+            sizer,
+            _permit,
+        } = work;
+        let metrics = self.plugin.metrics();
         let started = Instant::now();
         let size = batch.len();
         let mut values = Vec::with_capacity(size);
@@ -166,30 +254,19 @@ impl Dispatcher {
             waiting.push((queued.queued_at, queued.item.reply));
         }
         let bytes = values.iter().map(Value::byte_size).sum();
-        let plugin = self.plugin.clone();
-        let args = self.args.clone();
-        // Wasm calls are synchronous: run them on the blocking pool.
-        let outcome = tokio::task::spawn_blocking(move || {
-            let set = plugin.model_set(route).map_err(|e| {
-                (
-                    InferenceError::new(ErrorCode::Model, e.to_string()),
-                    String::new(),
-                )
-            })?;
-            plugin
-                .run_batch(&set, values, &args)
+        let outcome = match self.plugin.model_set(route) {
+            Ok(set) => self
+                .plugin
+                .run_batch(&set, values, &self.args)
                 .map(|inferences| (inferences, set.model_id().to_string()))
-                .map_err(|e| (e, set.model_id().to_string()))
-        })
-        .await
-        .unwrap_or_else(|e| {
-            Err((
-                InferenceError::new(ErrorCode::Internal, format!("batch task failed: {e}")),
+                .map_err(|e| (e, set.model_id().to_string())),
+            Err(e) => Err((
+                InferenceError::new(ErrorCode::Model, e.to_string()),
                 String::new(),
-            ))
-        });
+            )),
+        };
         let latency = started.elapsed();
-        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
         match outcome {
             Ok((inferences, set_model_id)) => {
                 metrics.batch_done(&set_model_id, size, bytes, latency);
@@ -200,8 +277,9 @@ impl Dispatcher {
                 let model_id =
                     (!inferences.model_ids.is_empty()).then(|| inferences.model_ids.join(","));
                 let done = Instant::now();
+                let timers = metrics.element_timers(&set_model_id);
                 for ((queued_at, reply), value) in waiting.into_iter().zip(inferences.values) {
-                    metrics.element_done(&set_model_id, started - queued_at, done - queued_at);
+                    timers.record(started - queued_at, done - queued_at);
                     let _ = reply.send(Ok(Output {
                         value,
                         model_id: model_id.clone(),
@@ -210,7 +288,7 @@ impl Dispatcher {
             }
             Err((error, set_model_id)) => {
                 metrics.batch_failed(&set_model_id);
-                self.failed_batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 let failure = Failure {
                     error,
                     model_id: (!set_model_id.is_empty()).then_some(set_model_id),

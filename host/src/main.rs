@@ -8,7 +8,7 @@ use runinfer::manifest::BatchingConfig;
 use runinfer::run::{RunOptions, dispatch_options, run_async};
 use runinfer::{Host, HostConfig};
 use std::fs::File;
-use std::io::{BufReader, BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -186,15 +186,15 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     let host = args.common.host()?;
     let root = args.common.plugin_root();
     let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
-    let input: Box<dyn std::io::BufRead + Send> = match &args.input {
-        Some(path) => Box::new(BufReader::new(
-            File::open(path).with_context(|| format!("cannot open {}", path.display()))?,
-        )),
+    let input: Box<dyn std::io::Read + Send> = match &args.input {
+        Some(path) => {
+            Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+        }
         None => {
             if std::io::stdin().is_terminal() {
                 eprintln!("runinfer: reading JSONL examples from stdin (ctrl-d ends)");
             }
-            Box::new(BufReader::new(std::io::stdin()))
+            Box::new(std::io::stdin())
         }
     };
     let mut predictions: Box<dyn Write + Send> = match &args.output {

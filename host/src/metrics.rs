@@ -42,6 +42,20 @@ fn millis_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 16))
 }
 
+/// Per-example latency histograms of one model set.
+pub struct ElementTimers {
+    queue_wait: Histogram,
+    element_latency: Histogram,
+}
+
+impl ElementTimers {
+    /// An example waited `wait` in the queue and got its result after `total`.
+    pub fn record(&self, wait: Duration, total: Duration) {
+        self.queue_wait.observe(wait.as_secs_f64() * 1e6);
+        self.element_latency.observe(total.as_secs_f64() * 1e6);
+    }
+}
+
 /// Beam's RunInference metrics for one namespace, plus queue wait and per-element
 /// latency.
 pub struct PluginMetrics {
@@ -148,15 +162,14 @@ impl PluginMetrics {
             .inc();
     }
 
-    /// An example waited `wait` in the queue and got its result after `total`.
-    pub fn element_done(&self, model_id: &str, wait: Duration, total: Duration) {
+    /// Where to record, for each example of a batch, how long it waited in the queue
+    /// and how long until its result (looked up once per batch, not per example).
+    pub fn element_timers(&self, model_id: &str) -> ElementTimers {
         let l = Self::label(model_id);
-        self.queue_wait
-            .get_or_create(&l)
-            .observe(wait.as_secs_f64() * 1e6);
-        self.element_latency
-            .get_or_create(&l)
-            .observe(total.as_secs_f64() * 1e6);
+        ElementTimers {
+            queue_wait: self.queue_wait.get_or_create(&l).clone(),
+            element_latency: self.element_latency.get_or_create(&l).clone(),
+        }
     }
 
     /// Models (and an instance using them) were loaded in `latency`.

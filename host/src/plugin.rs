@@ -341,12 +341,13 @@ impl Plugin {
             Err(e) if e.instance_lost() => {
                 tracing::warn!(plugin = %self.name(), error = %e, "handler instance discarded");
             }
-            _ => {
-                let mut idle = set.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < self.max_instances() {
-                    idle.push(instance);
-                }
-            }
+            // Idle instances never outnumber the callers that ran at once (the
+            // dispatcher's workers), so this stays bounded without a cap.
+            _ => set
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(instance),
         }
         result
     }

@@ -12,7 +12,7 @@ use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::BatchingConfig;
 use crate::plugin::Plugin;
 use crate::sink::{DeadLetter, Prediction, Stage, write_line};
-use std::io::{BufRead, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -102,7 +102,7 @@ pub fn dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOption
 /// runtime; from async code use [`run_async`]).
 pub fn run_jsonl(
     plugin: &Arc<Plugin>,
-    input: impl BufRead + Send + 'static,
+    input: impl Read + Send + 'static,
     predictions: &mut (impl Write + Send),
     dead_letters: &mut (impl Write + Send),
     options: &RunOptions,
@@ -127,7 +127,7 @@ pub fn run_jsonl(
 /// input (so the last batches flush at once).
 pub async fn run_async(
     dispatcher: &Arc<Dispatcher>,
-    input: Box<dyn BufRead + Send>,
+    input: Box<dyn Read + Send>,
     predictions: &mut (impl Write + Send + ?Sized),
     dead_letters: &mut (impl Write + Send + ?Sized),
     options: &RunOptions,
@@ -246,35 +246,48 @@ fn ratio_exceeded(summary: &RunSummary, max: Option<f64>) -> Option<String> {
     })
 }
 
-fn read_lines(mut input: Box<dyn BufRead + Send>, tx: mpsc::Sender<std::io::Result<Vec<u8>>>) {
+/// Lines sent to the decoder in one message, at most.
+const CHUNK_LINES: usize = 256;
+
+/// Reads lines and sends them in chunks: a chunk grows while further complete lines
+/// are already buffered (a file), and goes out at once when the next read would wait
+/// (an interactive pipe), so batching never waits on the reader.
+fn read_lines(input: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Vec<Vec<u8>>>>) {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
+    let mut chunk = Vec::with_capacity(CHUNK_LINES);
     loop {
         let mut buf = Vec::new();
         match input.read_until(b'\n', &mut buf) {
-            Ok(0) => return,
-            Ok(_) => {
-                if tx.blocking_send(Ok(buf)).is_err() {
-                    return;
-                }
-            }
+            Ok(0) => break,
+            Ok(_) => chunk.push(buf),
             Err(e) => {
+                let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
                 let _ = tx.blocking_send(Err(e));
                 return;
             }
         }
+        if chunk.len() >= CHUNK_LINES || !input.buffer().contains(&b'\n') {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LINES));
+            if tx.blocking_send(Ok(full)).is_err() {
+                return;
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        let _ = tx.blocking_send(Ok(chunk));
     }
 }
 
 async fn submit_lines(
     dispatcher: Arc<Dispatcher>,
-    mut lines: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    mut chunks: mpsc::Receiver<std::io::Result<Vec<Vec<u8>>>>,
     pending: mpsc::Sender<Pending>,
 ) {
     let input_kind = dispatcher.plugin().info().input.clone();
     let mut number = 0;
-    while let Some(line) = lines.recv().await {
-        number += 1;
-        let buf = match line {
-            Ok(buf) => buf,
+    while let Some(chunk) = chunks.recv().await {
+        let lines = match chunk {
+            Ok(lines) => lines,
             Err(e) => {
                 let _ = pending
                     .send(Pending {
@@ -286,31 +299,34 @@ async fn submit_lines(
                 return;
             }
         };
-        // A line that is not UTF-8 is dead-lettered, not a reason to stop.
-        let input = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
-        let outcome = match decode_line(&input, &input_kind) {
-            Ok(decoded) => {
-                let reply = dispatcher.submit(decoded.key.as_ref(), decoded.value).await;
-                Outcome::Decoded {
-                    key: decoded.key,
-                    example: decoded.example,
-                    reply,
+        for buf in lines {
+            number += 1;
+            // A line that is not UTF-8 is dead-lettered, not a reason to stop.
+            let input = String::from_utf8_lossy(&buf)
+                .trim_end_matches(['\n', '\r'])
+                .to_string();
+            let outcome = match decode_line(&input, &input_kind) {
+                Ok(decoded) => {
+                    let reply = dispatcher.submit(decoded.key.as_ref(), decoded.value).await;
+                    Outcome::Decoded {
+                        key: decoded.key,
+                        example: decoded.example,
+                        reply,
+                    }
                 }
+                Err(failure) => Outcome::Undecodable {
+                    key: failure.key,
+                    error: failure.error,
+                },
+            };
+            let pending_line = Pending {
+                line: number,
+                input,
+                outcome,
+            };
+            if pending.send(pending_line).await.is_err() {
+                return;
             }
-            Err(failure) => Outcome::Undecodable {
-                key: failure.key,
-                error: failure.error,
-            },
-        };
-        let pending_line = Pending {
-            line: number,
-            input,
-            outcome,
-        };
-        if pending.send(pending_line).await.is_err() {
-            return;
         }
     }
     // End of input: flush what is queued without waiting for batch timers.

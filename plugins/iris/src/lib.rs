@@ -73,38 +73,45 @@ impl ModelHandler for Iris {
     }
 }
 
-/// `{"label": "setosa", "probabilities": {"setosa": 0.97, ...}}`
+/// `{"label": "setosa", "probabilities": {"setosa": 0.97, ...}}`, written into one
+/// buffer (this runs for every example, so no `format!`).
 fn prediction_json(label: &str, labels: &[String], probabilities: &[f32]) -> String {
-    let mut json = format!("{{\"label\":{},\"probabilities\":{{", json_string(label));
+    use std::fmt::Write;
+    let mut json = String::with_capacity(96);
+    json.push_str("{\"label\":");
+    push_json_string(&mut json, label);
+    json.push_str(",\"probabilities\":{");
     for (i, (name, p)) in labels.iter().zip(probabilities).enumerate() {
         if i > 0 {
             json.push(',');
         }
-        // Rust prints the shortest decimal that reads back as the same f32.
-        let p = if p.is_finite() {
-            p.to_string()
+        push_json_string(&mut json, name);
+        json.push(':');
+        if p.is_finite() {
+            // Rust prints the shortest decimal that reads back as the same f32.
+            let _ = write!(json, "{p}");
         } else {
-            "null".into()
-        };
-        json.push_str(&format!("{}:{p}", json_string(name)));
+            json.push_str("null");
+        }
     }
     json.push_str("}}");
     json
 }
 
-fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
+fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
             c => out.push(c),
         }
     }
     out.push('"');
-    out
 }
 
 export_handler!(Iris);
