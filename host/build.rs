@@ -1,6 +1,7 @@
-//! Builds the bundled guest plugins (`plugins/*`) to wasm32-wasip2 components and puts
-//! each next to its `plugin.toml`, so that `cargo run` and `cargo test` need no other
-//! step. Skipped outside this repository, or with `RUNINFER_SKIP_GUEST_BUILD=1`.
+//! Builds the bundled guest plugins (`plugins/*`) and the test plugins
+//! (`tests/plugins/*`) to wasm32-wasip2 components and puts each next to its sources
+//! (`<dir>/<dir>.wasm`), so that `cargo run` and `cargo test` need no other step.
+//! Skipped outside this repository, or with `RUNINFER_SKIP_GUEST_BUILD=1`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -26,16 +27,14 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(path).display());
     }
-    let members = guest_members(&plugins);
+    let mut members = guest_members(&plugins);
+    members.extend(guest_members(&root.join("tests").join("plugins")));
     for member in &members {
         // Not the whole directory: the built component is written into it.
+        println!("cargo:rerun-if-changed={}", member.join("src").display());
         println!(
             "cargo:rerun-if-changed={}",
-            plugins.join(member).join("src").display()
-        );
-        println!(
-            "cargo:rerun-if-changed={}",
-            plugins.join(member).join("Cargo.toml").display()
+            member.join("Cargo.toml").display()
         );
     }
 
@@ -89,19 +88,23 @@ fn main() {
 
     let out = target_dir.join(TARGET).join("release");
     for member in &members {
-        let built = out.join(format!("{}.wasm", member.replace('-', "_")));
-        let dest = plugins.join(member).join(format!("{member}.wasm"));
-        copy_if_changed(&built, &dest);
+        let name = member
+            .file_name()
+            .expect("a crate directory")
+            .to_string_lossy();
+        let built = out.join(format!("{}.wasm", name.replace('-', "_")));
+        copy_if_changed(&built, &member.join(format!("{name}.wasm")));
     }
 }
 
-/// Plugin crates: the directories under plugins/ with a Cargo.toml.
-fn guest_members(plugins: &Path) -> Vec<String> {
-    let mut members: Vec<String> = std::fs::read_dir(plugins)
-        .expect("plugins/ is readable")
+/// Guest crates: the directories under `dir` with a Cargo.toml.
+fn guest_members(dir: &Path) -> Vec<PathBuf> {
+    let mut members: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
         .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.path().join("Cargo.toml").exists())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .map(|entry| entry.path())
+        .filter(|path| path.join("Cargo.toml").exists())
         .collect();
     members.sort();
     members

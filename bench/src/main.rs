@@ -49,7 +49,7 @@ fn parse_args() -> Result<Args> {
             "--lines" => args.lines = value.parse()?,
             "--suite" => args.suite = value,
             other => anyhow::bail!(
-                "unknown option {other} (use --reps N, --lines N, --suite foundation|runtime|all)"
+                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|all)"
             ),
         }
     }
@@ -415,14 +415,173 @@ fn runtime(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Latencies (µs, sorted) of iris examples offered at `rate` for `secs` through a
+/// dispatcher.
+fn open_loop(plugin: &std::sync::Arc<runinfer::Plugin>, rate: f64, secs: f64) -> Result<Vec<f64>> {
+    use runinfer::batch::BatchPolicy;
+    use runinfer::dispatch::{DispatchOptions, Dispatcher};
+    let example = runinfer::decode::decode_example(
+        &serde_json::json!([6.3, 3.3, 6.0, 2.5]),
+        &plugin.info().input,
+    )
+    .map_err(|e| anyhow::anyhow!(e))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let mut latencies = runtime.block_on(async {
+        let dispatcher = Dispatcher::new(
+            plugin.clone(),
+            DispatchOptions {
+                policy: BatchPolicy {
+                    min_batch_size: 1,
+                    max_batch_size: 8,
+                    max_batch_duration: Duration::from_millis(1),
+                    adaptive_target: None,
+                },
+                instances: 1,
+                queue_capacity: 100_000,
+                inference_args: vec![],
+            },
+        );
+        let count = (rate * secs) as usize;
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let start = tokio::time::Instant::now();
+        let mut waits = Vec::with_capacity(count);
+        for i in 0..count {
+            tokio::time::sleep_until(start + period * i as u32).await;
+            let value = match &example {
+                runinfer::value::Value::Tensor(t) => runinfer::value::Value::Tensor(t.clone()),
+                _ => unreachable!("iris takes tensors"),
+            };
+            let submitted = Instant::now();
+            let reply = dispatcher.submit(None, value).await;
+            waits.push(tokio::spawn(async move {
+                let ok = matches!(reply.await, Ok(Ok(_)));
+                (ok, submitted.elapsed())
+            }));
+        }
+        let mut latencies = Vec::with_capacity(count);
+        for w in waits {
+            let (ok, latency) = w.await?;
+            anyhow::ensure!(ok, "a well-behaved example failed");
+            latencies.push(latency.as_secs_f64() * 1e6);
+        }
+        dispatcher.close();
+        anyhow::Ok(latencies)
+    })?;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    Ok(latencies)
+}
+
+/// Sandbox costs: instantiate time with and without the pooling allocator, and the
+/// latency of a well-behaved plugin alone and next to one that loops.
+fn sandbox(args: &Args) -> Result<()> {
+    use runinfer::PoolingLimits;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cache = tempfile::tempdir()?;
+    println!("## runinfer sandbox benchmark\n");
+    println!(
+        "`cargo run --release -p runinfer-bench -- --suite sandbox --reps {}`\n",
+        args.reps
+    );
+    println!("| allocator | instance start µs (median of 1000) | p99 µs |");
+    println!("|---|---|---|");
+    for (name, pooling) in [
+        ("on demand", None),
+        ("pooling", Some(PoolingLimits::default())),
+    ] {
+        let host = Host::new(HostConfig {
+            compile_cache: Some(CompileCache::new(cache.path())),
+            pooling,
+            ..HostConfig::default()
+        })?;
+        let plugin = host.load_plugin(&root.join("plugins/iris"))?;
+        let mut starts = Vec::new();
+        for _ in 0..1000 {
+            let start = Instant::now();
+            drop(plugin.instantiate()?);
+            starts.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+        starts.sort_by(|a, b| a.total_cmp(b));
+        println!("| {name} | {:.1} | {:.1} |", starts[500], starts[990]);
+    }
+
+    // A hostile plugin that loops until its 200 ms limit, again and again.
+    let hostile_dir = tempfile::tempdir()?;
+    std::fs::copy(
+        root.join("tests/plugins/hostile/hostile.wasm"),
+        hostile_dir.path().join("hostile.wasm"),
+    )
+    .context("tests/plugins/hostile/hostile.wasm (built by `cargo build`)")?;
+    std::fs::write(
+        hostile_dir.path().join("plugin.toml"),
+        "name = \"hostile\"\ncomponent = \"hostile.wasm\"\n[limits]\ntimeout_ms = 200\ninstances = 1\n",
+    )?;
+    let host = host(cache.path())?;
+    let iris = std::sync::Arc::new(host.load_plugin(&root.join("plugins/iris"))?);
+    let hostile = std::sync::Arc::new(host.load_plugin(hostile_dir.path())?);
+    let rate = 2000.0;
+    println!(
+        "\nwell-behaved iris, {rate:.0} examples/s offered for 3 s, 1 instance, max batch 8, max wait 1 ms:\n"
+    );
+    println!("| next to it | p50 µs | p99 µs | max µs | hostile calls stopped |");
+    println!("|---|---|---|---|---|");
+    for _ in 0..args.reps.min(3) {
+        let alone = open_loop(&iris, rate, 3.0)?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let looping = {
+            let (hostile, stop) = (hostile.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut stopped = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let input = std::io::Cursor::new(b"\"loop\"\n".to_vec());
+                    let (mut out, mut dead) = (Vec::new(), Vec::new());
+                    if let Ok(s) =
+                        run_jsonl(&hostile, input, &mut out, &mut dead, &RunOptions::default())
+                    {
+                        stopped += s.dead_letters;
+                    }
+                }
+                stopped
+            })
+        };
+        let busy = open_loop(&iris, rate, 3.0)?;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let stopped = looping
+            .join()
+            .map_err(|_| anyhow::anyhow!("looping thread panicked"))?;
+        let p = |v: &[f64], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+        println!(
+            "| nothing | {:.0} | {:.0} | {:.0} | - |",
+            p(&alone, 0.5),
+            p(&alone, 0.99),
+            alone[alone.len() - 1]
+        );
+        println!(
+            "| a plugin looping into its time limit | {:.0} | {:.0} | {:.0} | {stopped} |",
+            p(&busy, 0.5),
+            p(&busy, 0.99),
+            busy[busy.len() - 1]
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.suite == "sandbox" {
+        return sandbox(&args);
+    }
     if matches!(args.suite.as_str(), "foundation" | "all" | "calls") {
         foundation(&args)?;
         println!();
     }
     if matches!(args.suite.as_str(), "runtime" | "all") {
         runtime(&args)?;
+        println!();
+    }
+    if args.suite == "all" {
+        sandbox(&args)?;
     }
     Ok(())
 }

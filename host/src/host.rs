@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How to build a [`Host`].
 #[derive(Clone, Debug)]
@@ -27,6 +27,31 @@ pub struct HostConfig {
     /// Most per-key model sets (`[[key_models]]`) loaded at once across all plugins;
     /// the least recently used is evicted past it.
     pub max_key_model_sets: usize,
+    /// Wasm stack per call, in bytes (engine-wide: one engine serves all plugins).
+    pub max_wasm_stack: usize,
+    /// Instantiate from wasmtime's pooling allocator (pre-reserved slots) instead of
+    /// allocating memories and tables on demand; `None` allocates on demand.
+    pub pooling: Option<PoolingLimits>,
+}
+
+/// Sizes of the pooling allocator, set explicitly (the pool reserves address space
+/// for all of them up front).
+#[derive(Clone, Copy, Debug)]
+pub struct PoolingLimits {
+    /// Component instances alive at once, across all plugins.
+    pub instances: u32,
+    /// Largest linear memory of one instance, in MiB (plugins' `memory_mb` above it
+    /// cannot grow that far).
+    pub max_memory_mb: u32,
+}
+
+impl Default for PoolingLimits {
+    fn default() -> Self {
+        PoolingLimits {
+            instances: 256,
+            max_memory_mb: 1024,
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -35,6 +60,8 @@ impl Default for HostConfig {
             compile_cache: CompileCache::default_dir().map(CompileCache::new),
             epoch_tick: Duration::from_millis(10),
             max_key_model_sets: 8,
+            max_wasm_stack: 512 * 1024,
+            pooling: None,
         }
     }
 }
@@ -99,7 +126,21 @@ impl Host {
     /// A host with its own engine.
     pub fn new(config: HostConfig) -> anyhow::Result<Host> {
         let mut wasm = Config::new();
-        wasm.wasm_component_model(true).epoch_interruption(true);
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(config.max_wasm_stack);
+        if let Some(limits) = config.pooling {
+            // Each component instance of a Rust or Python guest has a few core
+            // instances, memories and tables; size the pool for that.
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_component_instances(limits.instances)
+                .total_core_instances(limits.instances * 4)
+                .total_memories(limits.instances * 2)
+                .total_tables(limits.instances * 4)
+                .total_stacks(limits.instances)
+                .max_memory_size(limits.max_memory_mb as usize * 1024 * 1024);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&wasm)?;
         let mut linker = Linker::new(&engine);
         // Guests built for wasm32-wasip2 import WASI even when they do no I/O; each

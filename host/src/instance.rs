@@ -3,9 +3,10 @@
 
 use crate::bindings::{self, Handler, HandlerPre, api, inference, types};
 use crate::error::{ErrorCode, InferenceError};
-use crate::manifest::{BatchingConfig, Limits};
+use crate::manifest::{BatchingConfig, Grants, Limits};
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, TensorInfo};
+use crate::sandbox::{self, OutputTail};
 use crate::tensor::{DType, Tensor, TensorError};
 use crate::value::Value;
 use serde_json::value::RawValue;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// A model granted to a plugin, loaded in the host.
 pub struct GrantedModel {
@@ -37,10 +38,23 @@ pub struct ModelHandle {
 /// What every instance of one plugin shares.
 pub(crate) struct PluginEnv {
     pub plugin: String,
+    pub tenant: Option<String>,
+    pub dir: PathBuf,
+    pub grants: Grants,
     pub models: BTreeMap<String, Arc<GrantedModel>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub epoch_tick: Duration,
+}
+
+impl PluginEnv {
+    /// The metrics namespace: `ns`, prefixed by the tenant if there is one.
+    pub fn namespaced(&self, ns: &str) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}_{ns}"),
+            None => ns.to_string(),
+        }
+    }
 }
 
 /// Beam's handler description, as the handler's `init` returned it.
@@ -96,6 +110,9 @@ pub(crate) struct InstanceState {
     env: Arc<PluginEnv>,
     namespace: String,
     models_used: BTreeSet<String>,
+    output: OutputTail,
+    /// Bytes of the tensors this instance holds in the host.
+    tensor_bytes: usize,
 }
 
 impl WasiView for InstanceState {
@@ -114,17 +131,24 @@ pub struct HandlerInstance {
     info: HandlerInfo,
 }
 
-fn trap_error(error: wasmtime::Error) -> InferenceError {
-    if let Some(trap) = error.downcast_ref::<Trap>() {
-        if *trap == Trap::Interrupt {
-            return InferenceError::new(
-                ErrorCode::Timeout,
-                "the handler ran past its time limit and was stopped",
-            );
-        }
-        return InferenceError::new(ErrorCode::Trap, format!("the handler trapped: {trap}"));
+fn trap_error(error: wasmtime::Error, output: &OutputTail) -> InferenceError {
+    let mut e = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => InferenceError::new(
+            ErrorCode::Timeout,
+            "the handler ran past its time limit and was stopped",
+        ),
+        Some(trap) => InferenceError::new(ErrorCode::Trap, format!("the handler trapped: {trap}")),
+        // Host-side refusals (a forged or stale resource handle, ...) arrive as
+        // errors: the root cause says what.
+        None => InferenceError::new(
+            ErrorCode::Trap,
+            format!("the handler was stopped: {}", error.root_cause()),
+        ),
+    };
+    if let Some(printed) = output.last_lines(600) {
+        e.message.push_str(&format!("; it printed: {printed}"));
     }
-    InferenceError::new(ErrorCode::Trap, format!("the handler failed: {error:#}"))
+    e
 }
 
 fn from_guest_error(e: types::Error) -> InferenceError {
@@ -152,10 +176,16 @@ impl HandlerInstance {
             .memory_size(env.limits.memory_mb as usize * 1024 * 1024)
             .instances(64)
             .build();
-        // Nothing is granted: no directories, environment, arguments or network; stdio
-        // goes nowhere.
-        let wasi = WasiCtxBuilder::new().build();
-        let namespace = namespace_override.unwrap_or(&env.plugin).to_string();
+        // Only what the manifest grants (nothing by default); stdout and stderr are
+        // kept in a small buffer for error messages.
+        let output = OutputTail::default();
+        let wasi = sandbox::wasi_context(&env.grants, &env.dir, &output).map_err(|e| {
+            (
+                "instantiate",
+                InferenceError::new(ErrorCode::Internal, format!("cannot grant [grants]: {e:#}")),
+            )
+        })?;
+        let namespace = env.namespaced(namespace_override.unwrap_or(&env.plugin));
         let mut store = Store::new(
             pre.engine(),
             InstanceState {
@@ -165,25 +195,28 @@ impl HandlerInstance {
                 env,
                 namespace,
                 models_used: BTreeSet::new(),
+                output: output.clone(),
+                tensor_bytes: 0,
             },
         );
         store.limiter(|state| &mut state.limits);
         set_deadline(&mut store);
         let handler = pre
             .instantiate(&mut store)
-            .map_err(|e| ("instantiate", trap_error(e)))?;
+            .map_err(|e| ("instantiate", trap_error(e, &output)))?;
 
         set_deadline(&mut store);
         let info = handler
             .runinfer_handler_handler_api()
             .call_init(&mut store, args)
-            .map_err(|e| ("init", trap_error(e)))?
+            .map_err(|e| ("init", trap_error(e, &output)))?
             .map_err(|e| ("init", from_guest_error(e)))?;
         let info = convert_info(info);
         if namespace_override.is_none()
             && let Some(ns) = &info.metrics_namespace
         {
-            store.data_mut().namespace = ns.clone();
+            let state = store.data_mut();
+            state.namespace = state.env.namespaced(ns);
         }
         let mut instance = HandlerInstance {
             store,
@@ -210,7 +243,7 @@ impl HandlerInstance {
         self.handler
             .runinfer_handler_handler_api()
             .call_load_model(&mut self.store)
-            .map_err(trap_error)?
+            .map_err(|e| trap_error(e, &self.store.data().output))?
             .map_err(from_guest_error)
     }
 
@@ -224,7 +257,7 @@ impl HandlerInstance {
         self.handler
             .runinfer_handler_handler_api()
             .call_update_model_path(&mut self.store, model, path)
-            .map_err(trap_error)?
+            .map_err(|e| trap_error(e, &self.store.data().output))?
             .map_err(from_guest_error)?;
         self.load_model()
     }
@@ -241,14 +274,14 @@ impl HandlerInstance {
         state.models_used.clear();
         let guest_batch = batch
             .into_iter()
-            .map(|value| to_guest(&mut state.table, value))
+            .map(|value| state.value_to_guest(value))
             .collect::<Result<Vec<_>, _>>()?;
         set_deadline(&mut self.store);
         let results = self
             .handler
             .runinfer_handler_handler_api()
             .call_run_inference(&mut self.store, &guest_batch, args)
-            .map_err(trap_error)?
+            .map_err(|e| trap_error(e, &self.store.data().output))?
             .map_err(from_guest_error)?;
         if results.len() != expected {
             return Err(InferenceError::new(
@@ -263,8 +296,20 @@ impl HandlerInstance {
         let values = results
             .into_iter()
             .enumerate()
-            .map(|(i, value)| from_guest(&mut state.table, value, i))
+            .map(|(i, value)| state.value_from_guest(value, i))
             .collect::<Result<Vec<_>, _>>()?;
+        let bytes: usize = values.iter().map(Value::byte_size).sum();
+        let cap = state.env.limits.max_output_mb as usize * 1024 * 1024;
+        if bytes > cap {
+            return Err(InferenceError::new(
+                ErrorCode::ResourceExhausted,
+                format!(
+                    "the handler returned {} MiB, more than limits.max_output_mb ({})",
+                    bytes >> 20,
+                    state.env.limits.max_output_mb
+                ),
+            ));
+        }
         Ok(Inferences {
             values,
             model_ids: std::mem::take(&mut state.models_used).into_iter().collect(),
@@ -272,7 +317,9 @@ impl HandlerInstance {
     }
 }
 
+/// Arms the time limit for the next call, and forgets what the guest printed before.
 fn set_deadline(store: &mut Store<InstanceState>) {
+    store.data().output.clear();
     let env = &store.data().env;
     let ticks = env
         .limits
@@ -303,58 +350,6 @@ fn convert_info(info: api::HandlerInfo) -> HandlerInfo {
             api::InputKind::Bytes => InputKind::Bytes,
         },
     }
-}
-
-fn to_guest(table: &mut ResourceTable, value: Value) -> Result<types::Value, InferenceError> {
-    let push = |table: &mut ResourceTable, t: Tensor| {
-        table
-            .push(t)
-            .map_err(|e| InferenceError::new(ErrorCode::ResourceExhausted, e.to_string()))
-    };
-    Ok(match value {
-        Value::Tensor(t) => types::Value::Tensor(push(table, t)?),
-        Value::Tensors(named) => types::Value::Tensors(
-            named
-                .into_iter()
-                .map(|(name, t)| Ok((name, push(table, t)?)))
-                .collect::<Result<_, InferenceError>>()?,
-        ),
-        Value::Json(raw) => types::Value::Json(raw.get().to_string()),
-        Value::Text(text) => types::Value::Text(text),
-        Value::Bytes(bytes) => types::Value::Bytes(bytes),
-    })
-}
-
-fn from_guest(
-    table: &mut ResourceTable,
-    value: types::Value,
-    index: usize,
-) -> Result<Value, InferenceError> {
-    let take = |table: &mut ResourceTable, r: Resource<Tensor>| {
-        table.delete(r).map_err(|e| {
-            InferenceError::new(
-                ErrorCode::Internal,
-                format!("inference {index}: bad tensor handle: {e}"),
-            )
-        })
-    };
-    Ok(match value {
-        types::Value::Tensor(r) => Value::Tensor(take(table, r)?),
-        types::Value::Tensors(named) => Value::Tensors(
-            named
-                .into_iter()
-                .map(|(name, r)| Ok((name, take(table, r)?)))
-                .collect::<Result<_, InferenceError>>()?,
-        ),
-        types::Value::Json(text) => Value::Json(RawValue::from_string(text).map_err(|e| {
-            InferenceError::new(
-                ErrorCode::Internal,
-                format!("inference {index}: the handler returned invalid JSON: {e}"),
-            )
-        })?),
-        types::Value::Text(text) => Value::Text(text),
-        types::Value::Bytes(bytes) => Value::Bytes(bytes),
-    })
 }
 
 pub(crate) fn dtype_from_wit(d: types::Dtype) -> DType {
@@ -424,8 +419,108 @@ fn info_to_wit(info: &TensorInfo) -> inference::TensorInfo {
 type Guest<T> = wasmtime::Result<Result<T, types::Error>>;
 
 impl InstanceState {
+    /// Counts `bytes` more of host tensor memory against `limits.max_tensor_mb`.
+    fn admit(&mut self, bytes: usize) -> Result<(), types::Error> {
+        let cap = self.env.limits.max_tensor_mb as usize * 1024 * 1024;
+        if self.tensor_bytes.saturating_add(bytes) > cap {
+            return Err(guest_error(
+                types::ErrorCode::ResourceExhausted,
+                format!(
+                    "the instance would hold {} MiB of tensors, more than limits.max_tensor_mb ({})",
+                    (self.tensor_bytes + bytes) >> 20,
+                    self.env.limits.max_tensor_mb
+                ),
+            ));
+        }
+        self.tensor_bytes += bytes;
+        Ok(())
+    }
+
+    /// Admits and stores one tensor.
+    fn push_one(&mut self, tensor: Tensor) -> Guest<Resource<Tensor>> {
+        if let Err(e) = self.admit(tensor.bytes().len()) {
+            return Ok(Err(e));
+        }
+        Ok(Ok(self.push_tensor(tensor)?))
+    }
+
+    /// Stores an admitted tensor in the table.
     fn push_tensor(&mut self, tensor: Tensor) -> wasmtime::Result<Resource<Tensor>> {
         Ok(self.table.push(tensor)?)
+    }
+
+    /// Admits and stores tensors, all or none.
+    fn push_tensors<K>(&mut self, items: Vec<(K, Tensor)>) -> Guest<Vec<(K, Resource<Tensor>)>> {
+        let bytes = items.iter().map(|(_, t)| t.bytes().len()).sum();
+        if let Err(e) = self.admit(bytes) {
+            return Ok(Err(e));
+        }
+        Ok(Ok(items
+            .into_iter()
+            .map(|(k, t)| Ok((k, self.push_tensor(t)?)))
+            .collect::<wasmtime::Result<_>>()?))
+    }
+
+    /// Takes a tensor out of the table, releasing its bytes.
+    fn take_tensor(
+        &mut self,
+        r: Resource<Tensor>,
+    ) -> Result<Tensor, wasmtime::component::ResourceTableError> {
+        let tensor = self.table.delete(r)?;
+        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.bytes().len());
+        Ok(tensor)
+    }
+
+    fn value_to_guest(&mut self, value: Value) -> Result<types::Value, InferenceError> {
+        let exhausted =
+            |e: types::Error| InferenceError::new(ErrorCode::ResourceExhausted, e.message);
+        let trap =
+            |e: wasmtime::Error| InferenceError::new(ErrorCode::ResourceExhausted, e.to_string());
+        Ok(match value {
+            Value::Tensor(t) => {
+                let mut pushed = self
+                    .push_tensors(vec![((), t)])
+                    .map_err(trap)?
+                    .map_err(exhausted)?;
+                types::Value::Tensor(pushed.remove(0).1)
+            }
+            Value::Tensors(named) => {
+                types::Value::Tensors(self.push_tensors(named).map_err(trap)?.map_err(exhausted)?)
+            }
+            Value::Json(raw) => types::Value::Json(raw.get().to_string()),
+            Value::Text(text) => types::Value::Text(text),
+            Value::Bytes(bytes) => types::Value::Bytes(bytes),
+        })
+    }
+
+    fn value_from_guest(
+        &mut self,
+        value: types::Value,
+        index: usize,
+    ) -> Result<Value, InferenceError> {
+        let bad = |e: wasmtime::component::ResourceTableError| {
+            InferenceError::new(
+                ErrorCode::Internal,
+                format!("inference {index}: bad tensor handle: {e}"),
+            )
+        };
+        Ok(match value {
+            types::Value::Tensor(r) => Value::Tensor(self.take_tensor(r).map_err(bad)?),
+            types::Value::Tensors(named) => Value::Tensors(
+                named
+                    .into_iter()
+                    .map(|(name, r)| Ok((name, self.take_tensor(r).map_err(bad)?)))
+                    .collect::<Result<_, InferenceError>>()?,
+            ),
+            types::Value::Json(text) => Value::Json(RawValue::from_string(text).map_err(|e| {
+                InferenceError::new(
+                    ErrorCode::Internal,
+                    format!("inference {index}: the handler returned invalid JSON: {e}"),
+                )
+            })?),
+            types::Value::Text(text) => Value::Text(text),
+            types::Value::Bytes(bytes) => Value::Bytes(bytes),
+        })
     }
 }
 
@@ -444,7 +539,7 @@ impl types::HostTensor for InstanceState {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(Ok(self.push_tensor(tensor)?))
+        self.push_one(tensor)
     }
 
     fn from_f32(&mut self, shape: Vec<u64>, data: Vec<f32>) -> Guest<Resource<Tensor>> {
@@ -454,7 +549,7 @@ impl types::HostTensor for InstanceState {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(Ok(self.push_tensor(tensor)?))
+        self.push_one(tensor)
     }
 
     fn dtype(&mut self, this: Resource<Tensor>) -> wasmtime::Result<types::Dtype> {
@@ -489,7 +584,7 @@ impl types::HostTensor for InstanceState {
             .map(|r| self.table.get(r))
             .collect::<Result<Vec<_>, _>>()?;
         match Tensor::stack(tensors) {
-            Ok(t) => Ok(Ok(self.push_tensor(t)?)),
+            Ok(t) => self.push_one(t),
             Err(e) => Ok(Err(tensor_error(e))),
         }
     }
@@ -499,14 +594,12 @@ impl types::HostTensor for InstanceState {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(tensor_error(e))),
         };
-        Ok(Ok(rows
-            .into_iter()
-            .map(|t| self.push_tensor(t))
-            .collect::<wasmtime::Result<_>>()?))
+        let pushed = self.push_tensors(rows.into_iter().map(|t| ((), t)).collect())?;
+        Ok(pushed.map(|rows| rows.into_iter().map(|(_, r)| r).collect()))
     }
 
     fn drop(&mut self, this: Resource<Tensor>) -> wasmtime::Result<()> {
-        self.table.delete(this)?;
+        self.take_tensor(this)?;
         Ok(())
     }
 }
@@ -590,10 +683,7 @@ impl inference::HostModel for InstanceState {
             }
         };
         self.models_used.insert(granted.id.clone());
-        Ok(Ok(outputs
-            .into_iter()
-            .map(|(name, t)| Ok((name, self.push_tensor(t)?)))
-            .collect::<wasmtime::Result<_>>()?))
+        self.push_tensors(outputs)
     }
 
     fn drop(&mut self, this: Resource<ModelHandle>) -> wasmtime::Result<()> {

@@ -22,10 +22,11 @@ pub mod metrics;
 pub mod model;
 pub mod plugin;
 pub mod run;
+mod sandbox;
 pub mod sink;
 pub mod tensor;
 pub mod value;
 
 pub use error::{ErrorCode, InferenceError, PluginError};
-pub use host::{Host, HostConfig};
+pub use host::{Host, HostConfig, PoolingLimits};
 pub use plugin::Plugin;

@@ -6,7 +6,7 @@ use runinfer::compile::CompileCache;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
 use runinfer::run::{RunOptions, dispatch_options, run_async};
-use runinfer::{Host, HostConfig};
+use runinfer::{Host, HostConfig, PoolingLimits};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
@@ -52,6 +52,13 @@ struct CommonArgs {
     /// used is evicted.
     #[arg(long, default_value_t = 8)]
     max_key_model_sets: usize,
+    /// Instantiate handlers from wasmtime's pooling allocator (pre-reserved slots for
+    /// this many instances) instead of allocating on demand.
+    #[arg(long, value_name = "INSTANCES")]
+    pooling: Option<u32>,
+    /// Wasm stack per call, in KiB (one engine serves all plugins).
+    #[arg(long, default_value_t = 512)]
+    max_wasm_stack_kb: usize,
 }
 
 #[derive(Args)]
@@ -135,6 +142,11 @@ impl CommonArgs {
         Host::new(HostConfig {
             compile_cache,
             max_key_model_sets: self.max_key_model_sets.max(1),
+            max_wasm_stack: self.max_wasm_stack_kb.max(64) * 1024,
+            pooling: self.pooling.map(|instances| PoolingLimits {
+                instances: instances.max(1),
+                ..PoolingLimits::default()
+            }),
             ..HostConfig::default()
         })
     }
@@ -286,7 +298,7 @@ fn list(common: CommonArgs) -> Result<std::process::ExitCode> {
                 println!(
                     "{:<16} ok      tenant={} namespace={} models=[{}]",
                     plugin.name(),
-                    plugin.manifest().tenant,
+                    plugin.manifest().tenant.as_deref().unwrap_or("-"),
                     plugin.namespace(),
                     models.join(", ")
                 );

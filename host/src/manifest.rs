@@ -51,9 +51,8 @@ pub struct Manifest {
     pub name: String,
     /// The component file, relative to the plugin directory.
     pub component: PathBuf,
-    /// The tenant that owns the plugin.
-    #[serde(default = "default_tenant")]
-    pub tenant: String,
+    /// The tenant that owns the plugin; its name prefixes the metrics namespace.
+    pub tenant: Option<String>,
     /// Overrides the handler's metrics namespace.
     pub metrics_namespace: Option<String>,
     /// Models the handler may open, by name.
@@ -68,10 +67,38 @@ pub struct Manifest {
     /// Handler constructor arguments, passed to `init`.
     #[serde(default)]
     pub args: BTreeMap<String, toml::Value>,
+    /// What the sandbox grants besides models: nothing by default.
+    #[serde(default)]
+    pub grants: Grants,
     /// Per-key models (Beam's `KeyModelMapping`): examples with these keys run with
     /// these models bound to the granted names instead of `[models]`.
     #[serde(default)]
     pub key_models: Vec<KeyModels>,
+}
+
+/// `[grants]`: access to the outside world. Nothing is granted by default.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Environment variables the handler sees.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Directories of the plugin, read-only, at a guest path.
+    #[serde(default)]
+    pub dirs: Vec<GrantedDir>,
+    /// Outgoing network (TCP/UDP and name lookups).
+    #[serde(default)]
+    pub network: bool,
+}
+
+/// A directory granted read-only: `{ path = "data", guest = "/data" }`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantedDir {
+    /// Relative to the plugin directory.
+    pub path: PathBuf,
+    /// Where the handler sees it.
+    pub guest: String,
 }
 
 /// One `[[key_models]]` table.
@@ -112,10 +139,6 @@ impl std::fmt::Display for KeyName {
             KeyName::Int(i) => write!(f, "{i}"),
         }
     }
-}
-
-fn default_tenant() -> String {
-    "default".into()
 }
 
 /// A model granted to the plugin: a path, or a table with options.
@@ -174,8 +197,13 @@ pub struct Limits {
     pub memory_mb: u32,
     /// Time limit for one call into the handler, in milliseconds.
     pub timeout_ms: u64,
-    /// Handler instances kept warm.
+    /// Handler instances kept warm, and batches run at once.
     pub instances: Option<u32>,
+    /// Host memory an instance may hold in tensors at once, in MiB (wasmtime's store
+    /// limits only count guest memory, so the host counts these).
+    pub max_tensor_mb: u32,
+    /// Bytes one `run-inference` call may return, in MiB.
+    pub max_output_mb: u32,
 }
 
 impl Default for Limits {
@@ -184,6 +212,8 @@ impl Default for Limits {
             memory_mb: 256,
             timeout_ms: 10_000,
             instances: None,
+            max_tensor_mb: 256,
+            max_output_mb: 64,
         }
     }
 }
@@ -216,7 +246,21 @@ impl Manifest {
             message,
         };
         check_name(&self.name).map_err(|m| invalid("name", m))?;
-        check_name(&self.tenant).map_err(|m| invalid("tenant", m))?;
+        if let Some(tenant) = &self.tenant {
+            check_name(tenant).map_err(|m| invalid("tenant", m))?;
+        }
+        for (i, dir) in self.grants.dirs.iter().enumerate() {
+            check_relative(&dir.path).map_err(|m| invalid(&format!("grants.dirs[{i}].path"), m))?;
+            if !dir.guest.starts_with('/') {
+                return Err(invalid(
+                    &format!("grants.dirs[{i}].guest"),
+                    format!(
+                        "expected an absolute guest path like \"/data\", got {:?}",
+                        dir.guest
+                    ),
+                ));
+            }
+        }
         if let Some(ns) = &self.metrics_namespace {
             check_name(ns).map_err(|m| invalid("metrics_namespace", m))?;
         }
@@ -250,6 +294,12 @@ impl Manifest {
         }
         if self.limits.timeout_ms == 0 {
             return Err(invalid("limits.timeout_ms", "expected at least 1".into()));
+        }
+        if self.limits.max_tensor_mb == 0 || self.limits.max_output_mb == 0 {
+            return Err(invalid(
+                "limits",
+                "max_tensor_mb and max_output_mb must be at least 1".into(),
+            ));
         }
         if self.limits.instances == Some(0) {
             return Err(invalid("limits.instances", "expected at least 1".into()));
@@ -397,7 +447,8 @@ mod tests {
     #[test]
     fn defaults_apply() {
         let m = parse("name = \"t\"\ncomponent = \"t.wasm\"\n").unwrap();
-        assert_eq!(m.tenant, "default");
+        assert_eq!(m.tenant, None);
+        assert_eq!(m.grants, Grants::default());
         assert_eq!(m.limits, Limits::default());
         assert!(m.models.is_empty());
     }

@@ -385,6 +385,9 @@ fn bind_models(
     }
     Ok(Arc::new(PluginEnv {
         plugin: manifest.name.clone(),
+        tenant: manifest.tenant.clone(),
+        dir: dir.to_path_buf(),
+        grants: manifest.grants.clone(),
         models,
         metrics: inner.metrics.clone(),
         limits: manifest.limits.clone(),

@@ -49,13 +49,25 @@ pub fn load(host: &Host, dir: &Path) -> Arc<Plugin> {
 /// A temporary plugin directory with the bundled `component_of` component, the given
 /// manifest and copies of the bundled plugin's `models/`.
 pub fn scratch_plugin(component_of: &str, manifest: &str) -> tempfile::TempDir {
+    scratch_plugin_from(&plugins_dir().join(component_of), component_of, manifest)
+}
+
+/// A temporary plugin directory with the test plugin `name` (tests/plugins).
+pub fn scratch_test_plugin(name: &str, manifest: &str) -> tempfile::TempDir {
+    scratch_plugin_from(
+        &root().join("tests").join("plugins").join(name),
+        name,
+        manifest,
+    )
+}
+
+fn scratch_plugin_from(src: &Path, component_of: &str, manifest: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    let src = plugins_dir().join(component_of);
     std::fs::copy(
         src.join(format!("{component_of}.wasm")),
         dir.path().join(format!("{component_of}.wasm")),
     )
-    .expect("bundled component exists (built by host/build.rs)");
+    .expect("the component exists (built by host/build.rs)");
     let models = src.join("models");
     if models.is_dir() {
         std::fs::create_dir(dir.path().join("models")).unwrap();
