@@ -26,6 +26,7 @@ mod sandbox;
 pub mod sink;
 pub mod tensor;
 pub mod value;
+pub mod watch;
 
 pub use error::{ErrorCode, InferenceError, PluginError};
 pub use host::{Host, HostConfig, PoolingLimits};

@@ -5,7 +5,8 @@ use clap::{Args, Parser, Subcommand};
 use runinfer::compile::CompileCache;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
-use runinfer::run::{RunOptions, dispatch_options, run_async};
+use runinfer::run::{RunOptions, dispatch_options, run_async, run_watched};
+use runinfer::watch::PluginRoot;
 use runinfer::{Host, HostConfig, PoolingLimits};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -25,7 +26,7 @@ struct Cli {
 enum Command {
     /// Run a plugin over JSONL examples: one prediction per line on stdout (or
     /// --output), failures to the dead letters, a summary on stderr.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List the plugins of the plugin root and whether each loads.
     List(CommonArgs),
     /// Show a plugin's handler info, effective batching, models and load times (JSON).
@@ -95,6 +96,14 @@ struct RunArgs {
     /// Write the run's metrics (Prometheus text) to this file at the end.
     #[arg(long)]
     metrics_out: Option<PathBuf>,
+    /// Watch the plugin root while the input streams: a replaced plugin or a newer
+    /// model file (a `[models]` pattern) is swapped in without dropping a line.
+    /// PLUGIN is then the plugin's directory name.
+    #[arg(long)]
+    watch: bool,
+    /// With --watch: how long file events must be quiet before the host looks.
+    #[arg(long, default_value_t = 500)]
+    settle_ms: u64,
     /// Inference argument passed to every run-inference call (repeatable).
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     args: Vec<(String, String)>,
@@ -185,7 +194,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::List(common) => list(common),
         Command::Inspect { plugin, common } => inspect(&plugin, common),
     }
@@ -197,7 +206,6 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     }
     let host = args.common.host()?;
     let root = args.common.plugin_root();
-    let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
     let input: Box<dyn std::io::Read + Send> = match &args.input {
         Some(path) => {
             Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
@@ -233,21 +241,50 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
         max_failure_ratio: args.max_failure_ratio,
         progress: !args.quiet && std::io::stderr().is_terminal(),
     };
-    // Guest code runs on blocking threads; the runtime only moves data between them.
+    // Guest code runs on worker threads; the runtime only moves data between them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(async {
-        let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options));
-        run_async(
-            &dispatcher,
+    let (plugin, summary) = if args.watch {
+        let run_options = options.clone();
+        let plugins = PluginRoot::open(host.clone(), &root, move |p| {
+            dispatch_options(p, &run_options)
+        });
+        let _watch = plugins
+            .watch(Duration::from_millis(args.settle_ms))
+            .with_context(|| format!("cannot watch {}", root.display()))?;
+        let Some(live) = plugins.get(&args.plugin) else {
+            bail!(
+                "no live plugin directory `{}` in {}: {:?}",
+                args.plugin,
+                root.display(),
+                plugins.status()
+            );
+        };
+        let summary = runtime.block_on(run_watched(
+            &plugins,
+            &args.plugin,
             input,
             &mut predictions,
             &mut dead_letters,
             &options,
-        )
-        .await
-    })?;
+        ))?;
+        (live.plugin.clone(), summary)
+    } else {
+        let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
+        let summary = runtime.block_on(async {
+            let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options));
+            run_async(
+                &dispatcher,
+                input,
+                &mut predictions,
+                &mut dead_letters,
+                &options,
+            )
+            .await
+        })?;
+        (plugin, summary)
+    };
     drop(predictions);
     drop(dead_letters);
     if let Some(path) = &args.metrics_out {
@@ -294,7 +331,7 @@ fn list(common: CommonArgs) -> Result<std::process::ExitCode> {
     for dir in dirs {
         match host.load_plugin(&dir) {
             Ok(plugin) => {
-                let models: Vec<&str> = plugin.models().map(|m| m.id.as_str()).collect();
+                let models: Vec<String> = plugin.models().map(|m| m.id.clone()).collect();
                 println!(
                     "{:<16} ok      tenant={} namespace={} models=[{}]",
                     plugin.name(),

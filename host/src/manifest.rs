@@ -161,10 +161,47 @@ pub enum ModelEntry {
 }
 
 impl ModelEntry {
-    /// The model file, relative to the plugin directory.
+    /// The model file or file pattern, relative to the plugin directory.
     pub fn path(&self) -> &Path {
         match self {
             ModelEntry::Path(path) | ModelEntry::Table { path, .. } => path,
+        }
+    }
+
+    /// True when the path is a file pattern (`*`, `?` or `[...]`, like Beam's
+    /// `WatchFilePattern`): the newest matching file is the model.
+    pub fn is_pattern(&self) -> bool {
+        self.path().to_string_lossy().contains(['*', '?', '['])
+    }
+
+    /// The model file, relative to `dir`: the path itself, or the newest file that
+    /// matches the pattern (latest modification time, then name). Hidden files
+    /// (`.name`, e.g. a copy being written before a rename) never match.
+    pub fn resolve(&self, dir: &Path) -> Result<PathBuf, String> {
+        if !self.is_pattern() {
+            return Ok(self.path().to_path_buf());
+        }
+        let pattern = format!(
+            "{}/{}",
+            glob::Pattern::escape(&dir.to_string_lossy()),
+            self.path().to_string_lossy()
+        );
+        let matches = glob::glob(&pattern).map_err(|e| format!("bad file pattern: {e}"))?;
+        let newest = matches
+            .filter_map(Result::ok)
+            .filter(|p| p.is_file())
+            .filter(|p| {
+                !p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
+            .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+            .max();
+        match newest {
+            Some((_, path)) => Ok(path
+                .strip_prefix(dir)
+                .map(Path::to_path_buf)
+                .unwrap_or(path)),
+            None => Err(format!("no file matches {}", self.path().display())),
         }
     }
 

@@ -215,6 +215,8 @@ pub struct Metrics {
     plugins: Mutex<HashMap<String, Arc<PluginMetrics>>>,
     model_loads: Counter,
     model_evictions: Counter,
+    plugin_load_failures: Counter,
+    model_refresh_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -232,12 +234,26 @@ impl Default for Metrics {
             "Per-key model sets evicted by the LRU cap",
             model_evictions.clone(),
         );
+        let plugin_load_failures = Counter::default();
+        let model_refresh_failures = Counter::default();
+        registry.register(
+            "runinfer_plugin_load_failures",
+            "Plugin directories that failed to load (each version once)",
+            plugin_load_failures.clone(),
+        );
+        registry.register(
+            "runinfer_model_refresh_failures",
+            "Model refreshes that failed (the old model kept serving)",
+            model_refresh_failures.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             custom: Mutex::default(),
             plugins: Mutex::default(),
             model_loads,
             model_evictions,
+            plugin_load_failures,
+            model_refresh_failures,
         }
     }
 }
@@ -309,6 +325,14 @@ impl Metrics {
     /// The counter of model file loads (shared with the model registry).
     pub fn model_loads(&self) -> Counter {
         self.model_loads.clone()
+    }
+
+    /// The counters of plugin load failures and model refresh failures.
+    pub fn watch_counters(&self) -> (Counter, Counter) {
+        (
+            self.plugin_load_failures.clone(),
+            self.model_refresh_failures.clone(),
+        )
     }
 
     /// Counts an eviction of a per-key model set.

@@ -36,6 +36,9 @@ pub enum ModelError {
     /// The inputs do not fit the model.
     #[error("{0}")]
     Input(String),
+    /// A file pattern matches no file (or is malformed).
+    #[error("{0}")]
+    Pattern(String),
     /// The backend failed while running.
     #[error("{backend} failed to run the model: {message}")]
     Run {

@@ -17,7 +17,7 @@ use crate::metrics::PluginMetrics;
 use crate::value::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// Batching in force when neither the manifest nor the handler sets a value.
@@ -87,7 +87,8 @@ pub struct Plugin {
     namespace: String,
     report: LoadReport,
     metrics: Arc<PluginMetrics>,
-    base: Arc<ModelSet>,
+    /// Swapped whole by a model refresh; running batches keep the set they started with.
+    base: RwLock<Arc<ModelSet>>,
     key_sets: Vec<Arc<KeySet>>,
     key_index: HashMap<KeyName, usize>,
     max_instances: usize,
@@ -191,7 +192,7 @@ impl Plugin {
                 first_instance,
             },
             metrics,
-            base,
+            base: RwLock::new(base),
             key_sets,
             key_index,
         })
@@ -233,8 +234,76 @@ impl Plugin {
     }
 
     /// The models of `[models]`, by name.
-    pub fn models(&self) -> impl Iterator<Item = &GrantedModel> {
-        self.base.models()
+    pub fn models(&self) -> std::vec::IntoIter<Arc<GrantedModel>> {
+        self.base_set()
+            .env
+            .models
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    fn base_set(&self) -> Arc<ModelSet> {
+        self.base.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Model refresh (Beam's `WatchFilePattern` + `update_model_path`): when the newest
+    /// file of a `[models]` pattern changed, loads it, starts an instance on it
+    /// (`init`, `load-model`, `update-model-path`, `load-model`), and only when all of
+    /// that succeeded swaps the base model set. Batches already running finish on the
+    /// old set. Returns the new model id, or `None` when nothing changed. On error the
+    /// old set keeps serving.
+    pub fn refresh_models(&self) -> Result<Option<String>, PluginError> {
+        let current = self.base_set();
+        let mut changed = Vec::new();
+        for (name, entry) in self.manifest.models.iter().filter(|(_, e)| e.is_pattern()) {
+            let newest = entry.resolve(&self.dir).map_err(|m| PluginError::Model {
+                plugin: self.name().to_string(),
+                model: name.clone(),
+                source: crate::model::ModelError::Pattern(m),
+            })?;
+            if current
+                .env
+                .models
+                .get(name)
+                .is_none_or(|m| m.path != newest)
+            {
+                changed.push(name.clone());
+            }
+        }
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let start = Instant::now();
+        let env = bind_models(&self.host, &self.manifest, &self.dir, &self.manifest.models)?;
+        let mut instance = self.start_instance(env.clone())?;
+        for name in &changed {
+            let path = env.models[name].path.to_string_lossy().into_owned();
+            instance
+                .update_model_path(name, Some(&path))
+                .map_err(|source| PluginError::Start {
+                    plugin: self.name().to_string(),
+                    stage: "update-model-path",
+                    source,
+                })?;
+        }
+        let set = Arc::new(ModelSet {
+            model_id: model_id(&env),
+            env,
+            idle: Mutex::new(vec![instance]),
+        });
+        self.metrics
+            .model_loaded(&set.model_id, model_bytes(&set.env), start.elapsed());
+        let old = std::mem::replace(
+            &mut *self.base.write().unwrap_or_else(|e| e.into_inner()),
+            set.clone(),
+        );
+        if old.model_id != set.model_id {
+            self.metrics.model_unloaded(&old.model_id);
+        }
+        tracing::info!(plugin = %self.name(), model_id = %set.model_id, "models refreshed");
+        Ok(Some(set.model_id.clone()))
     }
 
     /// Warm instances to keep per model set, and the most batches run at once:
@@ -273,7 +342,7 @@ impl Plugin {
     /// evict the least recently used per-key set of the host).
     pub fn model_set(&self, route: Route) -> Result<Arc<ModelSet>, PluginError> {
         let Some(index) = route else {
-            return Ok(self.base.clone());
+            return Ok(self.base_set());
         };
         let slot = &self.key_sets[index];
         let mut live = slot.live.lock().unwrap_or_else(|e| e.into_inner());
@@ -318,7 +387,7 @@ impl Plugin {
 
     /// A new instance of the base model set: instantiate, `init`, `load-model`.
     pub fn instantiate(&self) -> Result<HandlerInstance, PluginError> {
-        self.start_instance(self.base.env.clone())
+        self.start_instance(self.base_set().env.clone())
     }
 
     /// Runs one batch on a warm instance of `set` (blocking). An instance that trapped
@@ -363,21 +432,24 @@ fn bind_models(
     let inner = host.inner();
     let mut models = BTreeMap::new();
     for (name, entry) in entries {
-        let path = dir.join(entry.path());
+        let model_error = |source| PluginError::Model {
+            plugin: manifest.name.clone(),
+            model: name.clone(),
+            source,
+        };
+        let relative = entry
+            .resolve(dir)
+            .map_err(|m| model_error(crate::model::ModelError::Pattern(m)))?;
         let model = inner
             .models
-            .load(&path, entry.backend())
-            .map_err(|source| PluginError::Model {
-                plugin: manifest.name.clone(),
-                model: name.clone(),
-                source,
-            })?;
-        let id = format!("{}@{}", entry.path().display(), &model.digest()[..12]);
+            .load(&dir.join(&relative), entry.backend())
+            .map_err(model_error)?;
+        let id = format!("{}@{}", relative.display(), &model.digest()[..12]);
         models.insert(
             name.clone(),
             Arc::new(GrantedModel {
                 name: name.clone(),
-                path: entry.path().to_path_buf(),
+                path: relative,
                 id,
                 model,
             }),

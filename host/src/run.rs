@@ -12,6 +12,7 @@ use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::BatchingConfig;
 use crate::plugin::Plugin;
 use crate::sink::{DeadLetter, Prediction, Stage, write_line};
+use crate::watch::PluginRoot;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -132,12 +133,57 @@ pub async fn run_async(
     dead_letters: &mut (impl Write + Send + ?Sized),
     options: &RunOptions,
 ) -> std::io::Result<RunSummary> {
+    let fixed = dispatcher.clone();
+    let source: Source = Arc::new(move || Ok(fixed.clone()));
+    let summary = run_from(source, input, predictions, dead_letters, options).await?;
+    dispatcher.close();
+    Ok(RunSummary {
+        batches: dispatcher.batch_counts().0,
+        failed_batches: dispatcher.batch_counts().1,
+        ..summary
+    })
+}
+
+/// Runs every line of `input` through the plugin `name` of a watched plugin root:
+/// each chunk of lines goes to the version live at that moment, so a plugin or model
+/// swapped in while the input streams is used from then on, and lines already
+/// submitted finish on the old one. Lines that arrive while the plugin is not live
+/// are dead letters.
+pub async fn run_watched(
+    root: &Arc<PluginRoot>,
+    name: &str,
+    input: Box<dyn Read + Send>,
+    predictions: &mut (impl Write + Send + ?Sized),
+    dead_letters: &mut (impl Write + Send + ?Sized),
+    options: &RunOptions,
+) -> std::io::Result<RunSummary> {
+    let (root, name) = (root.clone(), name.to_string());
+    let source: Source = Arc::new(move || {
+        root.get(&name)
+            .map(|live| live.dispatcher.clone())
+            .ok_or_else(|| {
+                InferenceError::new(ErrorCode::Internal, format!("plugin `{name}` is not live"))
+            })
+    });
+    run_from(source, input, predictions, dead_letters, options).await
+}
+
+/// Where lines are submitted: the dispatcher in force now.
+type Source = Arc<dyn Fn() -> Result<Arc<Dispatcher>, InferenceError> + Send + Sync>;
+
+async fn run_from(
+    source: Source,
+    input: Box<dyn Read + Send>,
+    predictions: &mut (impl Write + Send + ?Sized),
+    dead_letters: &mut (impl Write + Send + ?Sized),
+    options: &RunOptions,
+) -> std::io::Result<RunSummary> {
     let start = Instant::now();
-    let ahead = dispatcher.options().queue_capacity.max(1024);
+    let ahead = source().map_or(1024, |d| d.options().queue_capacity.max(1024));
     let (line_tx, line_rx) = mpsc::channel(256);
     let reader = tokio::task::spawn_blocking(move || read_lines(input, line_tx));
     let (pending_tx, mut pending_rx) = mpsc::channel(ahead);
-    let submitter = tokio::spawn(submit_lines(dispatcher.clone(), line_rx, pending_tx));
+    let submitter = tokio::spawn(submit_lines(source, line_rx, pending_tx));
 
     let progress = progress_bar(options.progress);
     let mut summary = RunSummary::default();
@@ -227,7 +273,6 @@ pub async fn run_async(
     }
     predictions.flush()?;
     dead_letters.flush()?;
-    (summary.batches, summary.failed_batches) = dispatcher.batch_counts();
     summary.elapsed = start.elapsed();
     Ok(summary)
 }
@@ -279,13 +324,17 @@ fn read_lines(input: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Vec<
 }
 
 async fn submit_lines(
-    dispatcher: Arc<Dispatcher>,
+    source: Source,
     mut chunks: mpsc::Receiver<std::io::Result<Vec<Vec<u8>>>>,
     pending: mpsc::Sender<Pending>,
 ) {
-    let input_kind = dispatcher.plugin().info().input.clone();
     let mut number = 0;
     while let Some(chunk) = chunks.recv().await {
+        // The version of the plugin in force for this chunk.
+        let current = source().map(|d| {
+            let kind = d.plugin().info().input.clone();
+            (d, kind)
+        });
         let lines = match chunk {
             Ok(lines) => lines,
             Err(e) => {
@@ -305,18 +354,24 @@ async fn submit_lines(
             let input = String::from_utf8_lossy(&buf)
                 .trim_end_matches(['\n', '\r'])
                 .to_string();
-            let outcome = match decode_line(&input, &input_kind) {
-                Ok(decoded) => {
-                    let reply = dispatcher.submit(decoded.key.as_ref(), decoded.value).await;
-                    Outcome::Decoded {
-                        key: decoded.key,
-                        example: decoded.example,
-                        reply,
+            let outcome = match &current {
+                Err(error) => Outcome::Undecodable {
+                    key: None,
+                    error: error.clone(),
+                },
+                Ok((dispatcher, kind)) => match decode_line(&input, kind) {
+                    Ok(decoded) => {
+                        let reply = dispatcher.submit(decoded.key.as_ref(), decoded.value).await;
+                        Outcome::Decoded {
+                            key: decoded.key,
+                            example: decoded.example,
+                            reply,
+                        }
                     }
-                }
-                Err(failure) => Outcome::Undecodable {
-                    key: failure.key,
-                    error: failure.error,
+                    Err(failure) => Outcome::Undecodable {
+                        key: failure.key,
+                        error: failure.error,
+                    },
                 },
             };
             let pending_line = Pending {
@@ -330,7 +385,9 @@ async fn submit_lines(
         }
     }
     // End of input: flush what is queued without waiting for batch timers.
-    dispatcher.close();
+    if let Ok(dispatcher) = source() {
+        dispatcher.close();
+    }
 }
 
 fn progress_bar(show: bool) -> indicatif::ProgressBar {

@@ -194,3 +194,97 @@ fn metrics_out_and_failure_ratio_exit_code() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 150);
 }
+
+#[test]
+fn run_watch_swaps_in_a_new_model_while_stdin_streams() {
+    use std::io::Write;
+    let plugins = tempfile::tempdir().unwrap();
+    let dir = plugins.path().join("mlp");
+    std::fs::create_dir_all(dir.join("models")).unwrap();
+    let bundled = root().join("plugins/onnx-tensor");
+    std::fs::copy(
+        bundled.join("onnx-tensor.wasm"),
+        dir.join("onnx-tensor.wasm"),
+    )
+    .unwrap();
+    std::fs::copy(
+        bundled.join("models/tiny_mlp.onnx"),
+        dir.join("models/mlp-1.onnx"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        "name = \"mlp\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/mlp-*.onnx\"\n[args]\noutputs = \"logits\"\n[batching]\nmax_batch_duration_ms = 1\n",
+    )
+    .unwrap();
+    let mut child = runinfer()
+        .args([
+            "run",
+            "mlp",
+            "--watch",
+            "--settle-ms",
+            "100",
+            "-q",
+            "--plugins",
+        ])
+        .arg(plugins.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let line = b"[[1,2,3],[4,5,6]]\n";
+    for _ in 0..20 {
+        stdin.write_all(line).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Write then rename: the host never sees half a model.
+    std::fs::copy(
+        bundled.join("models/tiny_mlp_v2.onnx"),
+        dir.join("models/.mlp-2.tmp"),
+    )
+    .unwrap();
+    let f = std::fs::File::options()
+        .write(true)
+        .open(dir.join("models/.mlp-2.tmp"))
+        .unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(1))
+        .unwrap();
+    drop(f);
+    std::fs::rename(dir.join("models/.mlp-2.tmp"), dir.join("models/mlp-2.onnx")).unwrap();
+    for _ in 0..100 {
+        stdin.write_all(line).unwrap();
+        stdin.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let ids: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["model_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 120, "every line answered");
+    let switch = ids
+        .iter()
+        .position(|id| id.starts_with("models/mlp-2.onnx@"))
+        .expect("the new model served");
+    assert!(switch >= 20, "{switch}");
+    assert!(
+        ids[..switch]
+            .iter()
+            .all(|id| id.starts_with("models/mlp-1.onnx@"))
+    );
+    assert!(
+        ids[switch..]
+            .iter()
+            .all(|id| id.starts_with("models/mlp-2.onnx@"))
+    );
+}
