@@ -162,6 +162,26 @@ impl Dispatcher {
         receiver
     }
 
+    /// Queues unkeyed examples only if their queue has room for all of them: a full
+    /// queue is refused at once, with nothing queued (backpressure for serving).
+    pub fn try_submit_all(self: &Arc<Self>, values: Vec<Value>) -> Result<Vec<Reply>, QueueFull> {
+        let sender = self.queue(self.plugin.route(None));
+        let permits = sender
+            .try_reserve_many(values.len())
+            .map_err(|_| QueueFull {
+                capacity: self.options.queue_capacity,
+            })?;
+        Ok(values
+            .into_iter()
+            .zip(permits)
+            .map(|(value, permit)| {
+                let (reply, receiver) = oneshot::channel();
+                permit.send(Queued::now(Job { value, reply }));
+                receiver
+            })
+            .collect())
+    }
+
     /// Stops accepting examples; queued ones still run. Replies already handed out
     /// will all arrive.
     pub fn close(&self) {
@@ -188,6 +208,13 @@ impl Dispatcher {
             })
             .clone()
     }
+}
+
+/// A queue had no room (or was closed).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueFull {
+    /// Examples the queue holds.
+    pub capacity: usize,
 }
 
 /// Forms batches for one model set and hands each to the worker threads; a batch is

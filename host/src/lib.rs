@@ -23,6 +23,7 @@ pub mod model;
 pub mod plugin;
 pub mod run;
 mod sandbox;
+pub mod serve;
 pub mod sink;
 pub mod tensor;
 pub mod value;

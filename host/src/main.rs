@@ -6,6 +6,7 @@ use runinfer::compile::CompileCache;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
 use runinfer::run::{RunOptions, dispatch_options, run_async, run_watched};
+use runinfer::serve::ServeConfig;
 use runinfer::watch::PluginRoot;
 use runinfer::{Host, HostConfig, PoolingLimits};
 use std::fs::File;
@@ -29,6 +30,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// List the plugins of the plugin root and whether each loads.
     List(CommonArgs),
+    /// Serve the plugins of the plugin root over the Open Inference Protocol v2 (HTTP),
+    /// watching the root for new plugins and models.
+    Serve(ServeArgs),
     /// Show a plugin's handler info, effective batching, models and load times (JSON).
     Inspect {
         /// Plugin name (its directory or its manifest name).
@@ -60,6 +64,28 @@ struct CommonArgs {
     /// Wasm stack per call, in KiB (one engine serves all plugins).
     #[arg(long, default_value_t = 512)]
     max_wasm_stack_kb: usize,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: std::net::IpAddr,
+    /// Port to listen on (the OIP/KServe v2 HTTP default is 8000).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Longest a request waits for its results, in ms (a request's `timeout`
+    /// parameter, in µs as in Triton, may shorten it).
+    #[arg(long, default_value_t = 30_000)]
+    request_timeout_ms: u64,
+    /// Do not watch the plugin root for changes.
+    #[arg(long)]
+    no_watch: bool,
+    /// How long file events must be quiet before the host looks.
+    #[arg(long, default_value_t = 500)]
+    settle_ms: u64,
+    #[command(flatten)]
+    common: CommonArgs,
 }
 
 #[derive(Args)]
@@ -196,6 +222,7 @@ fn real_main() -> Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::List(common) => list(common),
+        Command::Serve(args) => serve(args),
         Command::Inspect { plugin, common } => inspect(&plugin, common),
     }
 }
@@ -315,6 +342,64 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::from(3));
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
+    let host = args.common.host()?;
+    let root = args.common.plugin_root();
+    let plugins = PluginRoot::open(host.clone(), &root, |p| {
+        dispatch_options(p, &RunOptions::default())
+    });
+    let _watch = if args.no_watch {
+        None
+    } else {
+        Some(
+            plugins
+                .watch(Duration::from_millis(args.settle_ms))
+                .with_context(|| format!("cannot watch {}", root.display()))?,
+        )
+    };
+    for (name, status) in plugins.status() {
+        eprintln!("runinfer: {name}: {}", serde_json::to_string(&status)?);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let address = std::net::SocketAddr::new(args.address, args.port);
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {address}"))?;
+        eprintln!(
+            "runinfer: serving {} on http://{}",
+            root.display(),
+            listener.local_addr()?
+        );
+        let config = ServeConfig {
+            request_timeout: Duration::from_millis(args.request_timeout_ms),
+        };
+        let router = runinfer::serve::router(plugins.clone(), host.clone(), config);
+        runinfer::serve::serve(listener, router, shutdown_signal()).await?;
+        eprintln!("runinfer: stopped after finishing the requests in flight");
+        anyhow::Ok(())
+    })?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 fn list(common: CommonArgs) -> Result<std::process::ExitCode> {

@@ -241,6 +241,12 @@ pub struct Limits {
     pub max_tensor_mb: u32,
     /// Bytes one `run-inference` call may return, in MiB.
     pub max_output_mb: u32,
+    /// Examples waiting for a batch, per plugin; beyond it `serve` answers 503 at once
+    /// (default: max batch size × instances × 2, at least 256).
+    pub queue_size: Option<u32>,
+    /// Longest a `serve` request waits for its results, in ms (default: the server's
+    /// `--request-timeout-ms`); a request may shorten it.
+    pub request_timeout_ms: Option<u64>,
 }
 
 impl Default for Limits {
@@ -251,6 +257,8 @@ impl Default for Limits {
             instances: None,
             max_tensor_mb: 256,
             max_output_mb: 64,
+            queue_size: None,
+            request_timeout_ms: None,
         }
     }
 }
@@ -328,6 +336,15 @@ impl Manifest {
         }
         if self.limits.memory_mb == 0 {
             return Err(invalid("limits.memory_mb", "expected at least 1".into()));
+        }
+        if self.limits.queue_size == Some(0) {
+            return Err(invalid("limits.queue_size", "expected at least 1".into()));
+        }
+        if self.limits.request_timeout_ms == Some(0) {
+            return Err(invalid(
+                "limits.request_timeout_ms",
+                "expected at least 1".into(),
+            ));
         }
         if self.limits.timeout_ms == 0 {
             return Err(invalid("limits.timeout_ms", "expected at least 1".into()));

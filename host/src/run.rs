@@ -94,7 +94,13 @@ pub fn dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOption
             adaptive_target: options.adaptive_batch_latency,
         },
         instances,
-        queue_capacity: batching.max_batch_size * instances * 2,
+        queue_capacity: plugin
+            .manifest()
+            .limits
+            .queue_size
+            .map_or((batching.max_batch_size * instances * 2).max(256), |q| {
+                q as usize
+            }),
         inference_args: options.inference_args.clone(),
     }
 }

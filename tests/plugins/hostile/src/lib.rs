@@ -45,6 +45,14 @@ impl Hostile {
         };
         match deed {
             "ok" => Ok(Value::Text("ok".into())),
+            "slow" => {
+                // Well-behaved but slow: 200 ms of work, then an answer.
+                let start = std::time::Instant::now();
+                while start.elapsed() < std::time::Duration::from_millis(200) {
+                    std::hint::black_box(start);
+                }
+                Ok(Value::Text("slow ok".into()))
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {

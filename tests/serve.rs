@@ -1,0 +1,334 @@
+//! `runinfer serve` in process: the Open Inference Protocol v2 routes, batching across
+//! requests, backpressure, timeouts and draining on shutdown.
+
+use runinfer::run::{RunOptions, dispatch_options};
+use runinfer::serve::{ServeConfig, router, serve};
+use runinfer::watch::PluginRoot;
+use runinfer_e2e::*;
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+struct Server {
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(plugins: &[(&str, &str, Option<&str>)], timeout: Duration) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, from, manifest) in plugins {
+            let src = if *from == "hostile" {
+                root().join("tests/plugins/hostile")
+            } else {
+                plugins_dir().join(from)
+            };
+            let dest = dir.path().join(name);
+            std::fs::create_dir_all(dest.join("models")).unwrap();
+            std::fs::copy(
+                src.join(format!("{from}.wasm")),
+                dest.join(format!("{from}.wasm")),
+            )
+            .unwrap();
+            if let Ok(models) = std::fs::read_dir(src.join("models")) {
+                for m in models {
+                    let m = m.unwrap();
+                    std::fs::copy(m.path(), dest.join("models").join(m.file_name())).unwrap();
+                }
+            }
+            let manifest = match manifest {
+                Some(m) => m.to_string(),
+                None => std::fs::read_to_string(src.join("plugin.toml")).unwrap(),
+            };
+            std::fs::write(dest.join("plugin.toml"), manifest).unwrap();
+        }
+        let host = host();
+        let root = PluginRoot::open(host.clone(), dir.path(), |p| {
+            dispatch_options(p, &RunOptions::default())
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                ready_tx.send(listener.local_addr().unwrap()).unwrap();
+                let app = router(
+                    root,
+                    host,
+                    ServeConfig {
+                        request_timeout: timeout,
+                    },
+                );
+                serve(listener, app, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let addr = ready_rx.recv().unwrap();
+        Server {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+            _dir: dir,
+        }
+    }
+
+    /// Sends one request; returns the status and the body (JSON, or text).
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status: u16 = response[9..12].parse().unwrap();
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        (
+            status,
+            serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.to_string())),
+        )
+    }
+
+    fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.thread.take().unwrap().join().unwrap();
+    }
+}
+
+fn infer_body(datatype: &str, shape: &[usize], data: Value) -> Value {
+    json!({"id": "r1", "inputs": [{"name": "input", "datatype": datatype, "shape": shape, "data": data}]})
+}
+
+#[test]
+fn health_metadata_and_inference() {
+    let server = Server::start(
+        &[
+            ("iris", "iris", None),
+            ("onnx-tensor", "onnx-tensor", None),
+            ("text-stats", "text-stats", None),
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(server.call("GET", "/v2/health/live", None).0, 200);
+    assert_eq!(server.call("GET", "/v2/health/ready", None).0, 200);
+    let (status, meta) = server.call("GET", "/v2", None);
+    assert_eq!((status, meta["name"].as_str()), (200, Some("runinfer")));
+
+    let (status, meta) = server.call("GET", "/v2/models/iris", None);
+    assert_eq!(status, 200);
+    assert_eq!(
+        meta["inputs"][0],
+        json!({"name": "input", "datatype": "FP32", "shape": [-1, 4]})
+    );
+    assert_eq!(meta["outputs"][1]["name"], "probabilities");
+    assert_eq!(
+        server
+            .call("GET", "/v2/models/iris/versions/1/ready", None)
+            .0,
+        200
+    );
+    let (status, err) = server.call("GET", "/v2/models/nope", None);
+    assert_eq!(status, 404);
+    assert_eq!(err["error"], "unknown model: 'nope'");
+    assert_eq!(
+        server.call("GET", "/v2/models/iris/versions/7", None).0,
+        404
+    );
+    let (status, err) = server.call("GET", "/v3", None);
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("no such route: /v3"))
+    );
+
+    // iris: 150 rows in one request, labels as onnxruntime's.
+    let golden = read_jsonl("tests/golden/iris.jsonl");
+    let flat: Vec<Value> = golden
+        .iter()
+        .flat_map(|g| g["example"].as_array().unwrap().clone())
+        .collect();
+    let (status, out) = server.call(
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&infer_body("FP32", &[150, 4], json!(flat))),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["id"], "r1");
+    assert!(
+        out["parameters"]["model_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("models/iris.onnx@")
+    );
+    let data = out["outputs"][0]["data"].as_array().unwrap();
+    assert_eq!(out["outputs"][0]["datatype"], "BYTES");
+    for (d, g) in data.iter().zip(&golden) {
+        let inference: Value = serde_json::from_str(d.as_str().unwrap()).unwrap();
+        assert_eq!(inference["label"], g["label"]);
+    }
+
+    // onnx-tensor: named outputs as tensors, [2, 2, 3] in, nested data accepted.
+    let golden = read_jsonl("tests/golden/tiny_mlp.jsonl");
+    let body = infer_body(
+        "FP32",
+        &[2, 2, 3],
+        json!([golden[0]["example"], golden[1]["example"]]),
+    );
+    let (status, out) = server.call(
+        "POST",
+        "/v2/models/onnx-tensor/versions/1/infer",
+        Some(&body),
+    );
+    assert_eq!(status, 200, "{out}");
+    let logits = out["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "logits")
+        .unwrap();
+    assert_eq!(logits["shape"], json!([2, 3]));
+    assert_eq!(logits["datatype"], "FP32");
+    let expected: Vec<Value> = golden[..2]
+        .iter()
+        .flat_map(|g| g["logits"].as_array().unwrap().clone())
+        .collect();
+    assert_all_close(&logits["data"], &json!(expected), 1e-5, "logits");
+
+    // A text handler through BYTES.
+    let (status, out) = server.call(
+        "POST",
+        "/v2/models/text-stats/infer",
+        Some(&infer_body("BYTES", &[2], json!(["great and fast", "bad"]))),
+    );
+    assert_eq!(status, 200, "{out}");
+    let first: Value =
+        serde_json::from_str(out["outputs"][0]["data"][0].as_str().unwrap()).unwrap();
+    assert_eq!(first["label"], "positive");
+
+    // Bad requests say why.
+    let (status, err) = server.call(
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&infer_body("INT64", &[1, 4], json!([1, 2, 3, 4]))),
+    );
+    assert_eq!(
+        (status, err["error"].as_str().unwrap()),
+        (400, "input 'input': expected datatype FP32, got INT64")
+    );
+    let (status, err) = server.call(
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&infer_body("FP32", &[2, 4], json!([1, 2, 3]))),
+    );
+    assert_eq!(
+        (status, err["error"].as_str().unwrap()),
+        (400, "input 'input': shape [2, 4] needs 8 values, got 3")
+    );
+    let (status, _) = server.call(
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&json!({"inputs": "x"})),
+    );
+    assert_eq!(status, 400);
+
+    // Metrics in Prometheus text.
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        text.as_str().unwrap().contains("iris_num_inferences_total"),
+        "{text}"
+    );
+    server.stop();
+}
+
+const SLOW: &str = "name = \"slow\"\ncomponent = \"hostile.wasm\"\n[limits]\ninstances = 1\ntimeout_ms = 2000\nqueue_size = 2\n[batching]\nmax_batch_size = 1\n";
+
+#[test]
+fn a_full_queue_is_refused_at_once_and_a_timeout_is_clear() {
+    let short = SLOW
+        .replace("\"slow\"", "\"slow-short\"")
+        .replace("queue_size", "request_timeout_ms = 100\nqueue_size");
+    let server = Server::start(
+        &[
+            ("slow", "hostile", Some(SLOW)),
+            ("slow-short", "hostile", Some(&short)),
+        ],
+        Duration::from_secs(30),
+    );
+    // 1 instance, batches of 1, a queue of 2: 20 slow rows cannot all be queued.
+    let rows: Vec<Value> = (0..20).map(|_| json!("slow")).collect();
+    let start = std::time::Instant::now();
+    let (status, err) = server.call(
+        "POST",
+        "/v2/models/slow/infer",
+        Some(&infer_body("BYTES", &[20], json!(rows))),
+    );
+    assert_eq!(status, 503, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("queue (2 examples) has no room"),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(2), "refused at once");
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // A request may shorten its timeout (microseconds, as in Triton).
+    let mut body = infer_body("BYTES", &[1], json!(["slow"]));
+    body["parameters"] = json!({"timeout": 50_000});
+    let (status, err) = server.call("POST", "/v2/models/slow/infer", Some(&body));
+    assert_eq!(
+        (status, err["error"].as_str().unwrap()),
+        (503, "request timed out after 50 ms")
+    );
+
+    // The manifest's request timeout is the default for its model.
+    let (status, err) = server.call(
+        "POST",
+        "/v2/models/slow-short/infer",
+        Some(&infer_body("BYTES", &[1], json!(["slow"]))),
+    );
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (503, Some("request timed out after 100 ms")),
+        "{err}"
+    );
+    server.stop();
+}
+
+#[test]
+fn shutdown_finishes_the_requests_in_flight() {
+    let server = Server::start(&[("slow", "hostile", Some(SLOW))], Duration::from_secs(30));
+    let addr = server.addr;
+    let client = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let body = infer_body("BYTES", &[2], json!(["slow", "slow"])).to_string();
+        write!(
+            stream,
+            "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    server.stop(); // waits for the server to finish
+    let response = client.join().unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("slow ok"), "{response}");
+}
