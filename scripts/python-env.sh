@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the Python virtualenv that the model scripts use and installs
-# the pinned packages from PyPI. Prints the venv's python path.
-#   usage: scripts/python-env.sh [VENV_DIR]   (default: target/py-models)
+# Creates (or reuses) a Python virtualenv and installs pinned packages from PyPI into
+# it. Prints the venv's python path.
+#   usage: scripts/python-env.sh [REQUIREMENTS [VENV_DIR]]
+#   default: scripts/requirements-models.txt into target/py-models
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv=${1:-$root/target/py-models}
+requirements=${1:-$root/scripts/requirements-models.txt}
+venv=${2:-$root/target/py-$(basename "$requirements" .txt | sed 's/^requirements-//')}
+stamp="$venv/.installed-$(sha256sum "$requirements" | cut -c1-16)"
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  -r "$root/scripts/requirements-models.txt" >&2
+# Reinstall only when the requirements changed: a test run stays offline once set up.
+if [ ! -e "$stamp" ]; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" >&2
+  touch "$stamp"
+fi
 echo "$venv/bin/python"

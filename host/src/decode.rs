@@ -62,29 +62,36 @@ pub fn decode_line(line: &str, input: &InputKind) -> Result<Decoded, DecodeError
     }
 }
 
+/// Checks an example tensor against the handler's declared shape (`None` dims are free).
+pub fn check_shape(tensor: &Tensor, want: Option<&[Option<u64>]>) -> Result<(), String> {
+    let Some(want) = want else {
+        return Ok(());
+    };
+    let fits = want.len() == tensor.shape().len()
+        && want
+            .iter()
+            .zip(tensor.shape())
+            .all(|(w, &g)| w.is_none_or(|w| w == g as u64));
+    if fits {
+        return Ok(());
+    }
+    let want: Vec<String> = want
+        .iter()
+        .map(|d| d.map_or("?".into(), |d| d.to_string()))
+        .collect();
+    Err(format!(
+        "expected a tensor of shape [{}], got {:?}",
+        want.join(", "),
+        tensor.shape()
+    ))
+}
+
 /// Decodes one example for a handler that takes `input`.
 pub fn decode_example(example: &serde_json::Value, input: &InputKind) -> Result<Value, String> {
     match input {
         InputKind::Tensor { dtype, shape } => {
             let tensor = Tensor::from_json(example, *dtype).map_err(|e| e.to_string())?;
-            if let Some(want) = shape {
-                let fits = want.len() == tensor.shape().len()
-                    && want
-                        .iter()
-                        .zip(tensor.shape())
-                        .all(|(w, &g)| w.is_none_or(|w| w == g as u64));
-                if !fits {
-                    let want: Vec<String> = want
-                        .iter()
-                        .map(|d| d.map_or("?".into(), |d| d.to_string()))
-                        .collect();
-                    return Err(format!(
-                        "expected a tensor of shape [{}], got {:?}",
-                        want.join(", "),
-                        tensor.shape()
-                    ));
-                }
-            }
+            check_shape(&tensor, shape.as_deref())?;
             Ok(Value::Tensor(tensor))
         }
         InputKind::Json => RawValue::from_string(example.to_string())

@@ -5,13 +5,15 @@
 //! many clients are batched together. A full queue is refused at once (503), and a
 //! request waits at most its timeout.
 
+use crate::error::{ErrorCode, InferenceError};
 use crate::host::Host;
 use crate::instance::InputKind;
 use crate::tensor::{DType, Tensor};
 use crate::value::Value;
 use crate::watch::{LivePlugin, PluginRoot};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderMap, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -130,13 +132,18 @@ async fn server_metadata() -> Json<JsonValue> {
     Json(json!({
         "name": "runinfer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": [],
+        "extensions": ["binary_tensor_data"],
     }))
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        // prometheus-client writes OpenMetrics text (counters' samples end in
+        // `_total`, `# EOF` at the end); Prometheus scrapes it under this type.
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.host.metrics().encode(),
     )
         .into_response()
@@ -233,6 +240,7 @@ struct InferRequest {
     #[serde(default)]
     parameters: serde_json::Map<String, JsonValue>,
     inputs: Vec<RequestTensor>,
+    outputs: Option<Vec<RequestedOutput>>,
 }
 
 #[derive(Deserialize)]
@@ -240,23 +248,57 @@ struct RequestTensor {
     name: String,
     shape: Vec<i64>,
     datatype: String,
-    data: JsonValue,
+    data: Option<JsonValue>,
+    #[serde(default)]
+    parameters: serde_json::Map<String, JsonValue>,
 }
+
+#[derive(Deserialize)]
+struct RequestedOutput {
+    name: String,
+    #[serde(default)]
+    parameters: serde_json::Map<String, JsonValue>,
+}
+
+/// The header of the binary tensor data extension: the JSON part's length.
+const HEADER_LENGTH: &str = "inference-header-content-length";
 
 async fn infer(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    run_infer(&state, &name, None, &body).await
+    run_infer(&state, &name, None, &headers, &body).await
 }
 
 async fn infer_version(
     State(state): State<Arc<AppState>>,
     Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> ApiResult {
-    run_infer(&state, &name, Some(&version), &body).await
+    run_infer(&state, &name, Some(&version), &headers, &body).await
+}
+
+/// Splits a body into its JSON part and the binary data that follows it (the binary
+/// tensor data extension, used by Triton's clients by default).
+fn split_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(length) = headers.get(HEADER_LENGTH) else {
+        return Ok((body, &[]));
+    };
+    let length: usize = length
+        .to_str()
+        .ok()
+        .and_then(|l| l.trim().parse().ok())
+        .filter(|&l| l <= body.len())
+        .ok_or_else(|| {
+            bad_request(format!(
+                "Inference-Header-Content-Length must be a length within the body ({} bytes)",
+                body.len()
+            ))
+        })?;
+    Ok(body.split_at(length))
 }
 
 fn flatten(value: &JsonValue, out: &mut Vec<JsonValue>) {
@@ -266,162 +308,370 @@ fn flatten(value: &JsonValue, out: &mut Vec<JsonValue>) {
     }
 }
 
-/// Splits the request's one input into examples, one per row.
-fn examples(input: &RequestTensor, kind: &InputKind) -> Result<Vec<Value>, ApiError> {
+/// Splits BYTES elements in the binary form: each is a 4-byte little-endian length
+/// followed by that many bytes.
+fn split_bytes_elements(mut raw: &[u8], name: &str) -> Result<Vec<Vec<u8>>, ApiError> {
+    let mut elements = Vec::new();
+    while !raw.is_empty() {
+        let truncated = || bad_request(format!("input '{name}': truncated BYTES element"));
+        let (length, rest) = raw.split_first_chunk::<4>().ok_or_else(truncated)?;
+        let length = u32::from_le_bytes(*length) as usize;
+        if rest.len() < length {
+            return Err(truncated());
+        }
+        elements.push(rest[..length].to_vec());
+        raw = &rest[length..];
+    }
+    Ok(elements)
+}
+
+/// Splits the request's one input into examples, one per row of its first dimension.
+/// `binary` is the input's bytes when it came in the binary form.
+fn examples(
+    input: &RequestTensor,
+    binary: Option<&[u8]>,
+    kind: &InputKind,
+) -> Result<Vec<Value>, ApiError> {
+    let name = &input.name;
     let shape: Vec<usize> = input
         .shape
         .iter()
         .map(|&d| {
-            usize::try_from(d).map_err(|_| {
-                bad_request(format!(
-                    "input '{}': bad shape {:?}",
-                    input.name, input.shape
-                ))
-            })
+            usize::try_from(d)
+                .map_err(|_| bad_request(format!("input '{name}': bad shape {:?}", input.shape)))
         })
         .collect::<Result<_, _>>()?;
     let Some((&rows, row_shape)) = shape.split_first() else {
         return Err(bad_request(format!(
-            "input '{}': the shape needs a batch dimension",
-            input.name
+            "input '{name}': the shape needs a batch dimension"
         )));
     };
-    let mut flat = Vec::new();
-    flatten(&input.data, &mut flat);
-    let row_len: usize = row_shape.iter().product();
-    if flat.len() != rows * row_len {
+    let json_data = || {
+        let mut flat = Vec::new();
+        match &input.data {
+            Some(data) => flatten(data, &mut flat),
+            None => {
+                return Err(bad_request(format!(
+                    "input '{name}' has neither data nor binary_data_size"
+                )));
+            }
+        }
+        Ok(flat)
+    };
+    if let InputKind::Tensor { dtype, shape: want } = kind {
+        if input.datatype != datatype(*dtype) {
+            return Err(bad_request(format!(
+                "input '{name}': expected datatype {}, got {}",
+                datatype(*dtype),
+                input.datatype
+            )));
+        }
+        let batch = match binary {
+            Some(raw) => Tensor::from_bytes(*dtype, shape.clone(), raw.to_vec()),
+            None => {
+                let data = json_data()?;
+                let needed: usize = shape.iter().product();
+                if data.len() != needed {
+                    return Err(bad_request(format!(
+                        "input '{name}': shape {:?} needs {needed} values, got {}",
+                        input.shape,
+                        data.len()
+                    )));
+                }
+                Tensor::from_json(&json!({"shape": shape, "data": data}), *dtype)
+            }
+        }
+        .map_err(|e| bad_request(format!("input '{name}': {e}")))?;
+        let rows = batch
+            .unstack()
+            .map_err(|e| bad_request(format!("input '{name}': {e}")))?;
+        return rows
+            .into_iter()
+            .map(|row| {
+                crate::decode::check_shape(&row, want.as_deref())
+                    .map(|()| Value::Tensor(row))
+                    .map_err(|e| bad_request(format!("input '{name}': {e}")))
+            })
+            .collect();
+    }
+    if input.datatype != "BYTES" {
         return Err(bad_request(format!(
-            "input '{}': shape {:?} needs {} values, got {}",
-            input.name,
-            input.shape,
-            rows * row_len,
-            flat.len()
+            "input '{name}': this model takes BYTES (text or JSON strings), got {}",
+            input.datatype
         )));
     }
-    match kind {
-        InputKind::Tensor { dtype, .. } => {
-            if input.datatype != datatype(*dtype) {
-                return Err(bad_request(format!(
-                    "input '{}': expected datatype {}, got {}",
-                    input.name,
-                    datatype(*dtype),
-                    input.datatype
-                )));
+    let elements: Vec<Vec<u8>> = match binary {
+        Some(raw) => split_bytes_elements(raw, name)?,
+        None => json_data()?
+            .into_iter()
+            .map(|element| match element {
+                JsonValue::String(text) => Ok(text.into_bytes()),
+                _ => Err(bad_request(format!(
+                    "input '{name}': BYTES elements must be strings"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let row_len: usize = row_shape.iter().product();
+    if elements.len() != rows * row_len || row_len != 1 {
+        return Err(bad_request(format!(
+            "input '{name}': BYTES examples need shape [N] (or [N, 1]) with N elements; shape {:?} with {} elements",
+            input.shape,
+            elements.len()
+        )));
+    }
+    elements
+        .into_iter()
+        .map(|element| match kind {
+            InputKind::Bytes => Ok(Value::Bytes(element)),
+            _ => {
+                let text = String::from_utf8(element).map_err(|_| {
+                    bad_request(format!("input '{name}': a BYTES element is not UTF-8"))
+                })?;
+                if matches!(kind, InputKind::Text) {
+                    Ok(Value::Text(text))
+                } else {
+                    serde_json::value::RawValue::from_string(text)
+                        .map(Value::Json)
+                        .map_err(|e| bad_request(format!("input '{name}': not JSON: {e}")))
+                }
             }
-            flat.chunks(row_len.max(1))
-                .take(rows)
-                .map(|row| {
-                    // The explicit tensor form: decoded and shape-checked like a line.
-                    let object = json!({"shape": row_shape, "data": row});
-                    crate::decode::decode_example(&object, kind)
-                        .map_err(|e| bad_request(format!("input '{}': {e}", input.name)))
-                })
-                .collect()
+        })
+        .collect()
+}
+
+/// One output tensor of a response.
+struct OutputTensor {
+    name: String,
+    shape: Vec<usize>,
+    data: OutputData,
+}
+
+enum OutputData {
+    Tensor(Tensor),
+    /// BYTES elements (UTF-8 text or JSON).
+    Strings(Vec<String>),
+}
+
+impl OutputTensor {
+    fn datatype(&self) -> &'static str {
+        match &self.data {
+            OutputData::Tensor(t) => datatype(t.dtype()),
+            OutputData::Strings(_) => "BYTES",
         }
-        _ => {
-            if input.datatype != "BYTES" {
-                return Err(bad_request(format!(
-                    "input '{}': this model takes BYTES (text or JSON strings), got {}",
-                    input.name, input.datatype
-                )));
+    }
+
+    fn json_data(&self) -> JsonValue {
+        match &self.data {
+            OutputData::Tensor(t) => {
+                let mut flat = Vec::with_capacity(t.len());
+                flatten(&serde_json::to_value(t).unwrap_or_default(), &mut flat);
+                JsonValue::Array(flat)
             }
-            flat.iter()
-                .map(|element| {
-                    let JsonValue::String(text) = element else {
-                        return Err(bad_request(format!(
-                            "input '{}': BYTES elements must be strings",
-                            input.name
-                        )));
-                    };
-                    match kind {
-                        InputKind::Text => Ok(Value::Text(text.clone())),
-                        InputKind::Bytes => Ok(Value::Bytes(text.clone().into_bytes())),
-                        _ => serde_json::value::RawValue::from_string(text.clone())
-                            .map(Value::Json)
-                            .map_err(|e| {
-                                bad_request(format!("input '{}': not JSON: {e}", input.name))
-                            }),
-                    }
-                })
-                .collect()
+            OutputData::Strings(s) => json!(s),
+        }
+    }
+
+    fn binary_data(&self) -> Vec<u8> {
+        match &self.data {
+            OutputData::Tensor(t) => t.bytes().to_vec(),
+            OutputData::Strings(strings) => {
+                let mut out = Vec::new();
+                for s in strings {
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+                out
+            }
         }
     }
 }
 
-/// Output tensors for the inferences of one request.
-fn outputs(values: Vec<Value>) -> Vec<JsonValue> {
-    let flat = |t: &Tensor| {
-        let mut out = Vec::new();
-        flatten(&serde_json::to_value(t).unwrap_or_default(), &mut out);
-        out
-    };
+/// Output tensors for the inferences of one request: tensor inferences of one dtype and
+/// shape stack into one tensor; named tensors into one tensor per name; anything else is
+/// a BYTES output of one JSON (or text) string per row.
+fn outputs(values: Vec<Value>) -> Vec<OutputTensor> {
     let rows = values.len();
-    if let Some(Value::Tensor(first)) = values.first() {
-        let (dtype, shape) = (first.dtype(), first.shape().to_vec());
-        let tensors: Vec<&Tensor> = values
+    let stacked = |tensors: Vec<&Tensor>| {
+        (tensors.len() == rows)
+            .then(|| Tensor::stack(tensors).ok())
+            .flatten()
+    };
+    if let Some(Value::Tensor(_)) = values.first() {
+        let tensors = values
             .iter()
             .filter_map(|v| match v {
-                Value::Tensor(t) if t.dtype() == dtype && t.shape() == shape => Some(t),
+                Value::Tensor(t) => Some(t),
                 _ => None,
             })
             .collect();
-        if tensors.len() == rows {
-            let data: Vec<JsonValue> = tensors.iter().flat_map(|t| flat(t)).collect();
-            let mut dims = vec![rows];
-            dims.extend(shape);
-            return vec![
-                json!({"name": "output", "datatype": datatype(dtype), "shape": dims, "data": data}),
-            ];
+        if let Some(batch) = stacked(tensors) {
+            return vec![OutputTensor {
+                name: "output".into(),
+                shape: batch.shape().to_vec(),
+                data: OutputData::Tensor(batch),
+            }];
         }
     }
     if let Some(Value::Tensors(first)) = values.first() {
-        let names: Vec<String> = first.iter().map(|(n, _)| n.clone()).collect();
-        let mut outs = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            let column: Vec<&Tensor> = values
-                .iter()
-                .filter_map(|v| match v {
-                    Value::Tensors(named) => {
-                        named.get(i).filter(|(n, _)| n == name).map(|(_, t)| t)
-                    }
-                    _ => None,
+        let columns: Option<Vec<OutputTensor>> = first
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| {
+                let column = values
+                    .iter()
+                    .filter_map(|v| match v {
+                        Value::Tensors(named) => {
+                            named.get(i).filter(|(n, _)| n == name).map(|(_, t)| t)
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                stacked(column).map(|batch| OutputTensor {
+                    name: name.clone(),
+                    shape: batch.shape().to_vec(),
+                    data: OutputData::Tensor(batch),
                 })
-                .collect();
-            if column.len() != rows {
-                outs.clear();
-                break;
-            }
-            let mut dims = vec![rows];
-            dims.extend(column[0].shape());
-            let data: Vec<JsonValue> = column.iter().flat_map(|t| flat(t)).collect();
-            outs.push(json!({"name": name, "datatype": datatype(column[0].dtype()), "shape": dims, "data": data}));
-        }
-        if !outs.is_empty() {
-            return outs;
+            })
+            .collect();
+        if let Some(columns) = columns.filter(|c| !c.is_empty()) {
+            return columns;
         }
     }
-    // Anything else: one JSON (or text) string per row.
-    let data: Vec<JsonValue> = values
+    let strings = values
         .iter()
         .map(|v| match v {
-            Value::Text(text) => json!(text),
-            other => json!(serde_json::to_string(other).unwrap_or_default()),
+            Value::Text(text) => text.clone(),
+            other => serde_json::to_string(other).unwrap_or_default(),
         })
         .collect();
-    vec![json!({"name": "output", "datatype": "BYTES", "shape": [rows], "data": data})]
+    vec![OutputTensor {
+        name: "output".into(),
+        shape: vec![rows],
+        data: OutputData::Strings(strings),
+    }]
 }
 
-async fn run_infer(state: &AppState, name: &str, version: Option<&str>, body: &[u8]) -> ApiResult {
+fn flag(parameters: &serde_json::Map<String, JsonValue>, name: &str) -> bool {
+    parameters
+        .get(name)
+        .and_then(JsonValue::as_bool)
+        .unwrap_or(false)
+}
+
+/// The response: plain JSON, or JSON followed by the binary data of the outputs that
+/// asked for it.
+fn respond(
+    request: &InferRequest,
+    name: &str,
+    model_id: Option<String>,
+    outputs: Vec<OutputTensor>,
+) -> ApiResult {
+    let all_binary = flag(&request.parameters, "binary_data_output");
+    let selected: Vec<(OutputTensor, bool)> = match &request.outputs {
+        Some(requested) if !requested.is_empty() => {
+            let mut outputs: Vec<Option<OutputTensor>> = outputs.into_iter().map(Some).collect();
+            requested
+                .iter()
+                .map(|r| {
+                    let found = outputs
+                        .iter_mut()
+                        .find(|o| o.as_ref().is_some_and(|o| o.name == r.name))
+                        .and_then(Option::take)
+                        .ok_or_else(|| {
+                            bad_request(format!("unknown output '{}' of model '{name}'", r.name))
+                        })?;
+                    Ok((found, all_binary || flag(&r.parameters, "binary_data")))
+                })
+                .collect::<Result<_, ApiError>>()?
+        }
+        _ => outputs.into_iter().map(|o| (o, all_binary)).collect(),
+    };
+    let mut binary = Vec::new();
+    let outputs: Vec<JsonValue> = selected
+        .iter()
+        .map(|(output, as_binary)| {
+            let mut out =
+                json!({"name": output.name, "datatype": output.datatype(), "shape": output.shape});
+            if *as_binary {
+                let data = output.binary_data();
+                out["parameters"] = json!({"binary_data_size": data.len()});
+                binary.extend_from_slice(&data);
+            } else {
+                out["data"] = output.json_data();
+            }
+            out
+        })
+        .collect();
+    let header = json!({
+        "model_name": name,
+        "model_version": VERSION,
+        "id": request.id,
+        "parameters": {"model_id": model_id},
+        "outputs": outputs,
+    });
+    if binary.is_empty() {
+        return Ok(Json(header).into_response());
+    }
+    let mut body = serde_json::to_vec(&header).unwrap_or_default();
+    let header_length = body.len();
+    body.extend_from_slice(&binary);
+    Ok((
+        [
+            (CONTENT_TYPE, "application/octet-stream".to_string()),
+            (
+                HeaderName::from_static(HEADER_LENGTH),
+                header_length.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+async fn run_infer(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult {
     let live = live(state, name, version)?;
-    let request: InferRequest =
-        serde_json::from_slice(body).map_err(|e| bad_request(format!("malformed request: {e}")))?;
+    let (json_part, mut binary) = split_body(headers, body)?;
+    let request: InferRequest = serde_json::from_slice(json_part)
+        .map_err(|e| bad_request(format!("malformed request: {e}")))?;
     let [input] = request.inputs.as_slice() else {
         return Err(bad_request(format!(
             "runinfer models take exactly one input, got {}",
             request.inputs.len()
         )));
     };
-    let examples = examples(input, &live.plugin.info().input)?;
+    let raw = match input.parameters.get("binary_data_size") {
+        None => None,
+        Some(size) => {
+            let size = size
+                .as_u64()
+                .map(|s| s as usize)
+                .filter(|&s| s <= binary.len())
+                .ok_or_else(|| {
+                    bad_request(format!(
+                        "input '{}': binary_data_size {size} does not fit the {} binary bytes sent",
+                        input.name,
+                        binary.len()
+                    ))
+                })?;
+            let (raw, rest) = binary.split_at(size);
+            binary = rest;
+            Some(raw)
+        }
+    };
+    if !binary.is_empty() {
+        return Err(bad_request(format!(
+            "{} bytes of binary data are not claimed by any input",
+            binary.len()
+        )));
+    }
+    let examples = examples(input, raw, &live.plugin.info().input)?;
     let limit = live
         .plugin
         .manifest()
@@ -456,8 +706,8 @@ async fn run_infer(state: &AppState, name: &str, version: Option<&str>, body: &[
                 }
                 Ok(Err(failure)) => return Err(failure.error),
                 Err(_) => {
-                    return Err(crate::error::InferenceError::new(
-                        crate::error::ErrorCode::Internal,
+                    return Err(InferenceError::new(
+                        ErrorCode::Internal,
                         "the result was lost",
                     ));
                 }
@@ -466,30 +716,20 @@ async fn run_infer(state: &AppState, name: &str, version: Option<&str>, body: &[
         Ok((values, model_id))
     })
     .await;
-    let (values, model_id) = match gathered {
-        Err(_) => {
-            return Err(ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("request timed out after {} ms", timeout.as_millis()),
-            ));
-        }
+    match gathered {
+        Err(_) => Err(ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("request timed out after {} ms", timeout.as_millis()),
+        )),
         Ok(Err(error)) => {
             let status = match error.code {
-                crate::error::ErrorCode::InvalidInput => StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidInput => StatusCode::BAD_REQUEST,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return Err(ApiError(status, error.to_string()));
+            Err(ApiError(status, error.to_string()))
         }
-        Ok(Ok(done)) => done,
-    };
-    Ok(Json(json!({
-        "model_name": name,
-        "model_version": VERSION,
-        "id": request.id,
-        "parameters": {"model_id": model_id},
-        "outputs": outputs(values),
-    }))
-    .into_response())
+        Ok(Ok((values, model_id))) => respond(&request, name, model_id, outputs(values)),
+    }
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets the requests in

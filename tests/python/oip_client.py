@@ -1,0 +1,125 @@
+"""Drives a running `runinfer serve` with clients nobody here wrote: Triton's
+`tritonclient[http]` (health, metadata, infer in both the JSON and the binary tensor
+form) and `prometheus_client`'s parser on /metrics. Checks the numbers against the
+golden files. Exits non-zero with the reason on the first mismatch.
+
+    usage: python oip_client.py HOST:PORT REPO_ROOT
+"""
+
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import tritonclient.http as httpclient
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
+
+TOLERANCE = 1e-5
+
+
+def golden(root, name):
+    lines = (root / "tests" / "golden" / name).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def check(condition, message):
+    if not condition:
+        raise AssertionError(message)
+
+
+def main():
+    url, root = sys.argv[1], Path(sys.argv[2])
+    client = httpclient.InferenceServerClient(url=url)
+
+    check(client.is_server_live(), "server is live")
+    check(client.is_server_ready(), "server is ready")
+    check(client.is_model_ready("iris"), "iris is ready")
+    check(not client.is_model_ready("no-such-model"), "an unknown model is not ready")
+    server = client.get_server_metadata()
+    check(server["name"] == "runinfer", f"server metadata: {server}")
+    meta = client.get_model_metadata("iris")
+    check(meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}], f"iris metadata: {meta}")
+    check(meta["versions"] == ["1"], f"iris versions: {meta}")
+    try:
+        client.get_model_metadata("no-such-model")
+        check(False, "metadata of an unknown model must fail")
+    except InferenceServerException as e:
+        check("unknown model" in e.message(), f"unknown model error: {e}")
+
+    # iris: all 150 rows in one request, binary (tritonclient's default) and JSON.
+    iris = golden(root, "iris.jsonl")
+    features = np.array([g["example"] for g in iris], dtype=np.float32)
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", list(features.shape), "FP32")
+        inp.set_data_from_numpy(features, binary_data=binary)
+        outputs = [httpclient.InferRequestedOutput("output", binary_data=binary)]
+        result = client.infer("iris", [inp], outputs=outputs, request_id="iris-1")
+        check(result.get_response()["id"] == "iris-1", "the request id comes back")
+        check(result.get_response()["parameters"]["model_id"].startswith("models/iris.onnx@"), "model id")
+        rows = result.as_numpy("output")
+        check(rows.shape == (150,), f"iris output shape {rows.shape}")
+        for i, (row, g) in enumerate(zip(rows, iris)):
+            inference = json.loads(row if isinstance(row, (str, bytes)) else str(row))
+            check(inference["label"] == g["label"], f"iris row {i}: {inference} vs {g}")
+            for species, p in g["probabilities"].items():
+                got = inference["probabilities"][species]
+                check(abs(got - p) <= TOLERANCE, f"iris row {i} {species}: {got} vs {p}")
+    print("iris: 150 rows x 2 encodings match the golden labels and probabilities")
+
+    # onnx-tensor: named FP32 outputs, default outputs (tritonclient asks for binary).
+    mlp = golden(root, "tiny_mlp.jsonl")
+    examples = np.array([g["example"] for g in mlp], dtype=np.float32)
+    inp = httpclient.InferInput("input", list(examples.shape), "FP32")
+    inp.set_data_from_numpy(examples)
+    result = client.infer("onnx-tensor", [inp])
+    for name in ("logits", "hidden"):
+        got = result.as_numpy(name)
+        want = np.array([g[name] for g in mlp], dtype=np.float32)
+        check(got.shape == want.shape, f"{name} shape {got.shape} vs {want.shape}")
+        check(np.allclose(got, want, atol=TOLERANCE, rtol=0), f"{name}: max diff {np.abs(got - want).max()}")
+    print(f"onnx-tensor: {len(mlp)} rows of logits and hidden match")
+
+    # A text handler through BYTES, both encodings.
+    texts = np.array(["great and fast", "bad and slow"], dtype=np.object_)
+    for binary in (True, False):
+        inp = httpclient.InferInput("input", [2], "BYTES")
+        inp.set_data_from_numpy(texts, binary_data=binary)
+        result = client.infer("text-stats", [inp])
+        labels = [json.loads(r)["label"] for r in result.as_numpy("output")]
+        check(labels == ["positive", "negative"], f"text-stats labels {labels}")
+    print("text-stats: BYTES in, JSON out")
+
+    # Errors come back as the protocol's {"error": ...}.
+    bad = httpclient.InferInput("input", [1, 4], "INT64")
+    bad.set_data_from_numpy(np.array([[1, 2, 3, 4]], dtype=np.int64))
+    try:
+        client.infer("iris", [bad])
+        check(False, "a wrong datatype must fail")
+    except InferenceServerException as e:
+        check("expected datatype FP32, got INT64" in e.message(), f"datatype error: {e}")
+        check(e.status() == "400", f"status {e.status()}")
+
+    # /metrics is OpenMetrics text: it parses with prometheus_client's strict parser
+    # and counts what was sent.
+    with urllib.request.urlopen(f"http://{url}/metrics") as response:
+        content_type = response.headers["Content-Type"]
+        text = response.read().decode()
+    check(content_type.startswith("application/openmetrics-text"), f"content type {content_type}")
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    served = {
+        name: sum(s.value for s in f.samples if s.name.endswith("_total"))
+        for name, f in families.items()
+        if name.endswith("_num_inferences") and f.type == "counter"
+    }
+    want = {"iris_num_inferences": 300, "onnx_tensor_num_inferences": len(mlp), "text_stats_num_inferences": 4}
+    check(served == want, f"inferences in /metrics: {served}, expected {want}")
+    latency = families["iris_inference_batch_latency_micro_secs"]
+    check(latency.type == "histogram", f"latency type {latency.type}")
+    print(f"/metrics: {len(families)} families parsed; inferences {served}")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
