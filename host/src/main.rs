@@ -78,12 +78,23 @@ struct ServeArgs {
     /// parameter, in µs as in Triton, may shorten it).
     #[arg(long, default_value_t = 30_000)]
     request_timeout_ms: u64,
+    /// Override every plugin's largest batch.
+    #[arg(long)]
+    max_batch_size: Option<u32>,
+    /// Override every plugin's longest wait for a batch to fill, in ms; 0 batches
+    /// what is queued when an instance frees up (no added latency at low load).
+    #[arg(long)]
+    max_batch_duration_ms: Option<u32>,
     /// Do not watch the plugin root for changes.
     #[arg(long)]
     no_watch: bool,
     /// How long file events must be quiet before the host looks.
     #[arg(long, default_value_t = 500)]
     settle_ms: u64,
+    /// Shut down (gracefully) when standard input closes: a parent that starts the
+    /// server holds its stdin, so the server never outlives the parent.
+    #[arg(long)]
+    exit_on_stdin_eof: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -347,9 +358,15 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
 fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     let host = args.common.host()?;
     let root = args.common.plugin_root();
-    let plugins = PluginRoot::open(host.clone(), &root, |p| {
-        dispatch_options(p, &RunOptions::default())
-    });
+    let options = RunOptions {
+        batching: BatchingConfig {
+            max_batch_size: args.max_batch_size,
+            max_batch_duration_ms: args.max_batch_duration_ms,
+            ..BatchingConfig::default()
+        },
+        ..RunOptions::default()
+    };
+    let plugins = PluginRoot::open(host.clone(), &root, move |p| dispatch_options(p, &options));
     let _watch = if args.no_watch {
         None
     } else {
@@ -379,11 +396,31 @@ fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             request_timeout: Duration::from_millis(args.request_timeout_ms),
         };
         let router = runinfer::serve::router(plugins.clone(), host.clone(), config);
-        runinfer::serve::serve(listener, router, shutdown_signal()).await?;
+        let stdin_closed = stdin_eof(args.exit_on_stdin_eof);
+        let shutdown = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = stdin_closed => {}
+            }
+        };
+        runinfer::serve::serve(listener, router, shutdown).await?;
         eprintln!("runinfer: stopped after finishing the requests in flight");
         anyhow::Ok(())
     })?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Resolves when standard input reaches its end (never unless `enabled`).
+async fn stdin_eof(enabled: bool) {
+    if !enabled {
+        return std::future::pending().await;
+    }
+    let (closed, eof) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+        let _ = closed.send(());
+    });
+    let _ = eof.await;
 }
 
 /// Resolves on ctrl-c or SIGTERM.
