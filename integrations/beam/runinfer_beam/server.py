@@ -1,0 +1,262 @@
+"""A local `runinfer serve` process and an Open Inference Protocol v2 client for it."""
+
+import http.client
+import json
+import logging
+import re
+import struct
+import subprocess
+import threading
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+LOG = logging.getLogger("runinfer_beam")
+
+# OIP datatype <-> numpy dtype (BYTES is handled apart).
+DATATYPES = {
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "FP32": np.float32,
+    "FP64": np.float64,
+}
+
+
+class RuninferError(RuntimeError):
+    """The server refused a request or could not be started."""
+
+
+class RuninferServer:
+    """One `runinfer serve` on a free loopback port (the server picks it: `--port 0`),
+    health-checked, and started again if it dies. Safe to share between threads; Beam
+    shares one per worker machine across processes (`share_model_across_processes`)."""
+
+    def __init__(
+        self,
+        binary: str,
+        plugin_dir: str,
+        extra_args: Sequence[str] = (),
+        start_timeout_s: float = 120.0,
+        env: Optional[Dict[str, str]] = None,
+    ):
+        # The server holds our stdin pipe and stops when it closes, so it never outlives
+        # this process (however it ends).
+        self._command = [binary, "serve", "--plugins", plugin_dir, "--address", "127.0.0.1", "--port", "0",
+                         "--exit-on-stdin-eof", *extra_args]
+        self._start_timeout_s = start_timeout_s
+        self._env = env
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._process: subprocess.Popen
+        self._address: Optional[str] = None
+        self.restarts = 0
+        self._start()
+
+    def _start(self) -> None:
+        LOG.info("starting %s", " ".join(self._command))
+        process = subprocess.Popen(
+            self._command, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self._env
+        )
+        log: List[str] = []
+        address = None
+        for line in process.stderr:
+            log.append(line)
+            match = re.search(r" on http://(\S+)$", line.strip())
+            if match:
+                address = match.group(1)
+                break
+        if address is None:
+            process.wait()
+            raise RuninferError(f"runinfer serve exited with {process.returncode}:\n{''.join(log)}")
+        # Keep reading its log so the pipe never fills.
+        threading.Thread(target=_forward_log, args=(process.stderr,), daemon=True).start()
+        self._process, self._address = process, address
+        self._local = threading.local()
+        deadline = time.monotonic() + self._start_timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if self._request("GET", "/v2/health/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuninferError(f"runinfer serve at {address} did not become ready in {self._start_timeout_s} s")
+
+    def ensure_running(self, grace_s: float = 0.0) -> str:
+        """The server's address; starts a new server if the process died (waiting up to
+        `grace_s` for a failing one to end)."""
+        with self._lock:
+            if grace_s and self._process.poll() is None:
+                try:
+                    self._process.wait(timeout=grace_s)
+                except subprocess.TimeoutExpired:
+                    pass  # alive: the connection failed for another reason
+            if self._process.poll() is not None:
+                LOG.warning("runinfer serve is gone (exit %s); starting it again", self._process.returncode)
+                self.restarts += 1
+                self._start()
+            return self._address
+
+    def address(self) -> str:
+        return self.ensure_running()
+
+    def restart_count(self) -> int:
+        return self.restarts
+
+    def pid(self) -> int:
+        return self._process.pid
+
+    def stop(self) -> None:
+        """Stops the server after the requests in flight."""
+        with self._lock:
+            if self._process.poll() is None:
+                self._process.stdin.close()
+                self._process.wait(timeout=60)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            host, port = self._address.rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=300)
+            self._local.conn = conn
+        return conn
+
+    def _request(self, method: str, path: str, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+        conn = self._connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        except (OSError, http.client.HTTPException):
+            conn.close()
+            self._local.conn = None
+            raise
+
+    def call(self, method: str, path: str, body: bytes = b"", headers: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, str], bytes]:
+        """One request; if the connection fails, the server is checked (and started
+        again if it died) and the request is sent once more."""
+        self.ensure_running()
+        try:
+            return self._request(method, path, body, headers)
+        except (OSError, http.client.HTTPException):
+            self.ensure_running(grace_s=2.0)
+            return self._request(method, path, body, headers)
+
+    def get_json(self, path: str) -> Any:
+        status, _, body = self.call("GET", path)
+        if status != 200:
+            raise RuninferError(f"GET {path}: {status} {_error(body)}")
+        return json.loads(body)
+
+    def model_metadata(self, model: str) -> Dict[str, Any]:
+        return self.get_json(f"/v2/models/{model}")
+
+    def infer(self, model: str, datatype: str, rows: Sequence[Any], timeout_us: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
+        """Sends rows as one request (binary tensor data extension) and returns one
+        inference per row and the id of the model that made them."""
+        header, data = _encode_input(datatype, rows)
+        parameters: Dict[str, Any] = {"binary_data_output": True}
+        if timeout_us is not None:
+            parameters["timeout"] = timeout_us
+        request = json.dumps({"inputs": [header], "parameters": parameters}).encode()
+        status, headers, body = self.call(
+            "POST",
+            f"/v2/models/{model}/infer",
+            request + data,
+            {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(request))},
+        )
+        if status != 200:
+            raise RuninferError(f"runinfer model '{model}': {status} {_error(body)}")
+        return _decode_response(headers, body, len(rows))
+
+
+def _forward_log(stream) -> None:
+    for line in stream:
+        LOG.info("runinfer: %s", line.rstrip())
+
+
+def _error(body: bytes) -> str:
+    try:
+        return json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return body[:500].decode(errors="replace")
+
+
+def _encode_input(datatype: str, rows: Sequence[Any]) -> Tuple[Dict[str, Any], bytes]:
+    if datatype == "BYTES":
+        data = bytearray()
+        for row in rows:
+            if isinstance(row, bytes):
+                element = row
+            elif isinstance(row, str):
+                element = row.encode()
+            else:
+                # A JSON handler's example: any JSON value.
+                element = json.dumps(row, default=_json_default).encode()
+            data += struct.pack("<I", len(element)) + element
+        return {"name": "input", "datatype": "BYTES", "shape": [len(rows)], "parameters": {"binary_data_size": len(data)}}, bytes(data)
+    array = np.ascontiguousarray(np.stack([np.asarray(r) for r in rows]), dtype=DATATYPES[datatype])
+    data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+    return {"name": "input", "datatype": datatype, "shape": list(array.shape), "parameters": {"binary_data_size": len(data)}}, data
+
+
+def _json_default(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot send {type(value).__name__} as JSON")
+
+
+def _decode_response(headers: Dict[str, str], body: bytes, rows: int) -> Tuple[List[Any], Optional[str]]:
+    lowered = {k.lower(): v for k, v in headers.items()}
+    length = int(lowered.get("inference-header-content-length", len(body)))
+    response = json.loads(body[:length])
+    binary = memoryview(body)[length:]
+    columns: Dict[str, Any] = {}
+    for output in response["outputs"]:
+        size = output.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            raw = output["data"]
+            if output["datatype"] == "BYTES":
+                values: Any = list(raw)
+            else:
+                values = np.asarray(raw, dtype=DATATYPES[output["datatype"]]).reshape(output["shape"])
+        else:
+            chunk, binary = binary[:size], binary[size:]
+            if output["datatype"] == "BYTES":
+                values, offset = [], 0
+                while offset < len(chunk):
+                    (n,) = struct.unpack_from("<I", chunk, offset)
+                    values.append(bytes(chunk[offset + 4 : offset + 4 + n]).decode())
+                    offset += 4 + n
+            else:
+                values = np.frombuffer(chunk, dtype=np.dtype(DATATYPES[output["datatype"]]).newbyteorder("<")).reshape(output["shape"])
+        columns[output["name"]] = values
+    if any(len(v) != rows for v in columns.values()):
+        raise RuninferError(f"the server answered {[len(v) for v in columns.values()]} rows for {rows}")
+    inferences = []
+    for i in range(rows):
+        if list(columns) == ["output"]:
+            inferences.append(_inference(columns["output"][i]))
+        else:
+            inferences.append({name: _inference(values[i]) for name, values in columns.items()})
+    return inferences, response.get("parameters", {}).get("model_id")
+
+
+def _inference(value: Any) -> Any:
+    """A BYTES element is the handler's JSON (or text) inference; tensors stay arrays."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value

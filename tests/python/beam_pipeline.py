@@ -1,0 +1,130 @@
+"""Real Beam pipelines on Beam's local runner with RuninferModelHandler: unkeyed and
+keyed iris, a text handler, a server that dies and is started again, and model refresh
+through update_model_path. Exits non-zero on the first mismatch.
+
+    usage: python beam_pipeline.py REPO_ROOT RUNINFER_BINARY
+"""
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that
+
+ROOT = Path(sys.argv[1]).resolve()
+BINARY = sys.argv[2]
+sys.path.insert(0, str(ROOT / "integrations" / "beam"))
+from runinfer_beam import RuninferModelHandler  # noqa: E402
+
+TOLERANCE = 1e-5
+OPTIONS = PipelineOptions(["--runner=DirectRunner"])
+
+
+def golden(name):
+    return [json.loads(line) for line in (ROOT / "tests" / "golden" / name).read_text().splitlines() if line.strip()]
+
+
+def check_iris(results, iris):
+    by_example = {tuple(np.asarray(g["example"], dtype=np.float32).tolist()): g for g in iris}
+    if len(results) != len(iris):
+        raise AssertionError(f"{len(results)} predictions for {len(iris)} examples")
+    for r in results:
+        if not isinstance(r, PredictionResult):
+            raise AssertionError(f"not a PredictionResult: {r!r}")
+        g = by_example[tuple(np.asarray(r.example).tolist())]
+        if r.inference["label"] != g["label"]:
+            raise AssertionError(f"{r.example}: {r.inference} vs {g}")
+        for species, p in g["probabilities"].items():
+            if abs(r.inference["probabilities"][species] - p) > TOLERANCE:
+                raise AssertionError(f"{r.example} {species}: {r.inference} vs {p}")
+        if not r.model_id.startswith("models/iris.onnx@"):
+            raise AssertionError(f"model id {r.model_id}")
+
+
+def handler(plugin, **kw):
+    return RuninferModelHandler(plugin, plugin_dir=str(ROOT / "plugins"), binary=BINARY, **kw)
+
+
+def main():
+    iris = golden("iris.jsonl")
+    examples = [np.asarray(g["example"], dtype=np.float32) for g in iris]
+
+    # Unkeyed.
+    h = handler("iris")
+    assert h.get_metrics_namespace() == "iris", h.get_metrics_namespace()
+    kwargs = h.batch_elements_kwargs()
+    assert kwargs["max_batch_size"] == 64 and kwargs["min_batch_size"] == 1, kwargs
+    with beam.Pipeline(options=OPTIONS) as p:
+        results = p | beam.Create(examples) | RunInference(h)
+        assert_that(results, lambda rs: check_iris(rs, iris))
+    print(f"unkeyed: {len(iris)} iris predictions match the golden file")
+
+    # Keyed (Beam's KeyedModelHandler): keys come back with their predictions.
+    def check_keyed(pairs):
+        if sorted(k for k, _ in pairs) != list(range(len(iris))):
+            raise AssertionError("every key comes back once")
+        for key, r in pairs:
+            if r.inference["label"] != iris[key]["label"] or not np.array_equal(r.example, examples[key]):
+                raise AssertionError(f"key {key}: {r}")
+
+    with beam.Pipeline(options=OPTIONS) as p:
+        keyed = p | beam.Create(list(enumerate(examples))) | RunInference(KeyedModelHandler(handler("iris", max_batch_size=16)))
+        assert_that(keyed, check_keyed)
+    print(f"keyed: {len(iris)} (key, prediction) pairs")
+
+    # A text handler: strings in, the handler's JSON out.
+    texts = ["great and fast", "bad and slow", "fine"]
+
+    def check_text(rs):
+        got = {r.example: r.inference["label"] for r in rs}
+        if got["great and fast"] != "positive" or got["bad and slow"] != "negative" or len(got) != 3:
+            raise AssertionError(f"text-stats: {got}")
+
+    with beam.Pipeline(options=OPTIONS) as p:
+        assert_that(p | beam.Create(texts) | RunInference(handler("text-stats")), check_text)
+    print("text-stats: strings through BYTES")
+
+    # A server that dies is started again on the next batch.
+    server = handler("iris").load_model()
+    first = server.address()
+    os.kill(server.pid(), 9)
+    inferences, _ = server.infer("iris", "FP32", examples[:3])
+    assert [i["label"] for i in inferences] == [g["label"] for g in iris[:3]], inferences
+    assert server.restart_count() == 1, server.restart_count()
+    print(f"restart: killed the server at {first}; the next batch started one at {server.address()}")
+    server.stop()
+
+    # update_model_path: a new file for the plugin's [models] pattern is swapped in.
+    with tempfile.TemporaryDirectory() as tmp:
+        plugin = Path(tmp) / "mlp"
+        (plugin / "models").mkdir(parents=True)
+        source = ROOT / "plugins" / "onnx-tensor"
+        shutil.copy(source / "onnx-tensor.wasm", plugin)
+        shutil.copy(source / "models" / "tiny_mlp.onnx", plugin / "models" / "mlp-1.onnx")
+        (plugin / "plugin.toml").write_text('name = "mlp"\ncomponent = "onnx-tensor.wasm"\n[models]\nmodel = "models/mlp-*.onnx"\n')
+        h = RuninferModelHandler("mlp", plugin_dir=tmp, binary=BINARY, serve_args=["--settle-ms", "100"])
+        server = h.load_model()
+        v1, v2 = golden("tiny_mlp.jsonl")[:4], golden("tiny_mlp_v2.jsonl")[:4]
+        rows = [np.asarray(g["example"], dtype=np.float32) for g in v1]
+        results = list(h.run_inference(rows, server))
+        assert results[0].model_id.startswith("models/mlp-1.onnx@"), results[0].model_id
+        assert np.allclose([r.inference["logits"] for r in results], [g["logits"] for g in v1], atol=TOLERANCE)
+        h.update_model_path(str(source / "models" / "tiny_mlp_v2.onnx"))
+        model_id = h.wait_for_model(server)
+        results = list(h.run_inference([np.asarray(g["example"], dtype=np.float32) for g in v2], server))
+        assert results[0].model_id == model_id, (results[0].model_id, model_id)
+        assert np.allclose([r.inference["logits"] for r in results], [g["logits"] for g in v2], atol=TOLERANCE)
+        server.stop()
+    print(f"update_model_path: now serving {model_id}, predictions match tiny_mlp_v2")
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
