@@ -1,0 +1,81 @@
+//! Handlers in other wasm languages against the same contract: the iris classifier
+//! written in Python (componentize-py), JavaScript (componentize-js) and C (wit-bindgen
+//! C + clang), each built by its `plugins/iris-*/build.sh` (which installs its toolchain
+//! from the package registries), must give the Rust handler's predictions.
+
+use runinfer::run::RunOptions;
+use runinfer_e2e::*;
+use serde_json::Value;
+use std::process::Command;
+
+const TOLERANCE: f64 = 1e-5;
+
+/// Builds `plugins/<name>` with its build script; a toolchain that cannot be installed
+/// fails the test with the script's output.
+fn build(name: &str) {
+    let script = plugins_dir().join(name).join("build.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn predictions(name: &str, input: &[u8], batch: u32) -> Vec<Value> {
+    let host = host();
+    let plugin = bundled(&host, name);
+    let mut options = RunOptions::default();
+    options.batching.max_batch_size = Some(batch);
+    let out = run(&plugin, input, &options);
+    assert!(
+        out.dead_letters.is_empty(),
+        "{name}: {:?}",
+        out.dead_letters
+    );
+    out.predictions
+}
+
+fn same_as_rust(name: &str) {
+    build(name);
+    let golden = read_jsonl("tests/golden/iris.jsonl");
+    let input: Vec<u8> = golden
+        .iter()
+        .map(|g| format!("{}\n", g["example"]))
+        .collect::<String>()
+        .into_bytes();
+    for batch in [1, 7, 64] {
+        let rust = predictions("iris", &input, batch);
+        let other = predictions(name, &input, batch);
+        assert_eq!(other.len(), golden.len(), "{name}: one prediction per line");
+        for (i, ((o, r), g)) in other.iter().zip(&rust).zip(&golden).enumerate() {
+            assert_eq!(o["example"], r["example"], "{name} line {i}");
+            assert_eq!(o["model_id"], r["model_id"], "{name} line {i}");
+            assert_eq!(o["inference"]["label"], g["label"], "{name} line {i}");
+            for species in ["setosa", "versicolor", "virginica"] {
+                let what = format!("{name} line {i} {species} (batch {batch})");
+                assert_close(
+                    &o["inference"]["probabilities"][species],
+                    &r["inference"]["probabilities"][species],
+                    TOLERANCE,
+                    &what,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn python_handler_matches_the_rust_one() {
+    same_as_rust("iris-py");
+}
+
+#[test]
+fn javascript_handler_matches_the_rust_one() {
+    same_as_rust("iris-js");
+}
