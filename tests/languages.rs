@@ -79,3 +79,8 @@ fn python_handler_matches_the_rust_one() {
 fn javascript_handler_matches_the_rust_one() {
     same_as_rust("iris-js");
 }
+
+#[test]
+fn c_handler_matches_the_rust_one() {
+    same_as_rust("iris-c");
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds iris-c.wasm: wit-bindgen's C bindings (crate wit-bindgen-cli) + clang/lld/
+# wasi-libc from Debian -> a wasm32-wasi core module -> `wasm-tools component new`
+# (crate wasm-tools) with wasmtime's WASI preview1 adapter. Installs what is missing:
+# the Debian packages with apt-get, the tools with `cargo install` into target/tools.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+tools="$root/target/tools"
+out="$root/target/iris-c"
+mkdir -p "$tools" "$out"
+
+llvm=16
+# Debian puts wasi-libc where its clang finds it for --target=wasm32-wasi.
+libc=/usr/lib/wasm32-wasi/libc.a
+builtins=/usr/lib/llvm-$llvm/lib/clang/$llvm/lib/wasi/libclang_rt.builtins-wasm32.a
+if ! command -v clang-$llvm >/dev/null || ! command -v wasm-ld-$llvm >/dev/null \
+   || [ ! -f "$libc" ] || [ ! -f "$builtins" ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get install -y --no-install-recommends \
+    clang-$llvm lld-$llvm wasi-libc libclang-rt-$llvm-dev-wasm32 >&2
+fi
+# Same versions as the host's wasmtime 48 / wasmparser 0.254 and the Rust SDK's wit-bindgen.
+[ -x "$tools/bin/wit-bindgen" ] || cargo install --locked --root "$tools" wit-bindgen-cli@0.63.0 >&2
+[ -x "$tools/bin/wasm-tools" ] || cargo install --locked --root "$tools" --no-default-features --features component wasm-tools@1.254.2 >&2
+adapter="$tools/wasi_snapshot_preview1.reactor.wasm"
+if [ ! -f "$adapter" ]; then
+  cargo run --quiet --release --locked --manifest-path "$here/tools/Cargo.toml" \
+    --target-dir "$tools/build" -- "$adapter" >&2
+fi
+
+"$tools/bin/wit-bindgen" c "$root/wit" --world handler --out-dir "$out/bindings" >&2
+clang-$llvm --target=wasm32-wasi -O2 -mexec-model=reactor \
+  -Wall -Werror -I "$out/bindings" \
+  "$here/iris.c" "$out/bindings/handler.c" "$out/bindings/handler_component_type.o" \
+  -o "$out/iris-c.core.wasm"
+"$tools/bin/wasm-tools" component new "$out/iris-c.core.wasm" \
+  --adapt "wasi_snapshot_preview1=$adapter" -o "$here/iris-c.wasm"
+mkdir -p "$here/models"
+cp "$root/plugins/iris/models/iris.onnx" "$here/models/iris.onnx"
