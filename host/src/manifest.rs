@@ -242,7 +242,7 @@ pub struct Limits {
     /// Bytes one `run-inference` call may return, in MiB.
     pub max_output_mb: u32,
     /// Examples waiting for a batch, per plugin; beyond it `serve` answers 503 at once
-    /// (default: max batch size × instances × 2, at least 256).
+    /// (default: max batch size × instances × 2, at least 1024).
     pub queue_size: Option<u32>,
     /// Longest a `serve` request waits for its results, in ms (default: the server's
     /// `--request-timeout-ms`); a request may shorten it.

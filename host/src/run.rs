@@ -98,7 +98,7 @@ pub fn dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOption
             .manifest()
             .limits
             .queue_size
-            .map_or((batching.max_batch_size * instances * 2).max(256), |q| {
+            .map_or((batching.max_batch_size * instances * 2).max(1024), |q| {
                 q as usize
             }),
         inference_args: options.inference_args.clone(),

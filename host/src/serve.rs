@@ -686,6 +686,14 @@ async fn run_infer(
         Some(micros) => limit.min(Duration::from_micros(micros)),
         None => limit,
     };
+    let capacity = live.dispatcher.options().queue_capacity;
+    if examples.len() > capacity {
+        // Waiting cannot help: this request never fits.
+        return Err(bad_request(format!(
+            "{} rows are more than model '{name}' queues at once ({capacity}, `[limits] queue_size`); split the request",
+            examples.len()
+        )));
+    }
     let replies = live.dispatcher.try_submit_all(examples).map_err(|full| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
