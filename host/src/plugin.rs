@@ -100,10 +100,19 @@ impl Plugin {
         let inner = host.inner();
         let plugin = manifest.name.clone();
         let component_path = dir.join(&manifest.component);
-        let wasm = std::fs::read(&component_path).map_err(|e| PluginError::Component {
-            plugin: plugin.clone(),
-            path: component_path.clone(),
-            message: e.to_string(),
+        let wasm = std::fs::read(&component_path).map_err(|e| {
+            // Plugins in other languages ship sources and a build script.
+            let hint = if e.kind() == std::io::ErrorKind::NotFound && dir.join("build.sh").exists()
+            {
+                format!(" (not built yet: run {})", dir.join("build.sh").display())
+            } else {
+                String::new()
+            };
+            PluginError::Component {
+                plugin: plugin.clone(),
+                path: component_path.clone(),
+                message: format!("{e}{hint}"),
+            }
         })?;
         let (component, compile) =
             compile::compile(&inner.engine, &wasm, inner.config.compile_cache.as_ref()).map_err(

@@ -16,6 +16,10 @@ fn runinfer() -> Command {
     cmd
 }
 
+fn root_dir_plugin(name: &str) -> PathBuf {
+    root().join("plugins").join(name)
+}
+
 fn golden_labels() -> Vec<String> {
     std::fs::read_to_string(root().join("tests/golden/iris.jsonl"))
         .unwrap()
@@ -94,7 +98,29 @@ fn stdin_input_and_dead_letter_file() {
 
 #[test]
 fn list_and_inspect_describe_the_bundled_plugins() {
-    let out = runinfer().arg("list").output().unwrap();
+    // The Rust plugins, which `cargo build` builds (the other languages' plugins are
+    // built by their build.sh; see tests/languages.rs).
+    let root = tempfile::tempdir().unwrap();
+    for name in ["iris", "onnx-tensor", "text-stats"] {
+        let dest = root.path().join(name);
+        std::fs::create_dir_all(dest.join("models")).unwrap();
+        let src = root_dir_plugin(name);
+        for file in ["plugin.toml", &format!("{name}.wasm")] {
+            std::fs::copy(src.join(file), dest.join(file)).unwrap();
+        }
+        if let Ok(models) = std::fs::read_dir(src.join("models")) {
+            for m in models {
+                let m = m.unwrap();
+                std::fs::copy(m.path(), dest.join("models").join(m.file_name())).unwrap();
+            }
+        }
+    }
+    let out = runinfer()
+        .arg("list")
+        .arg("--plugins")
+        .arg(root.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -109,6 +135,28 @@ fn list_and_inspect_describe_the_bundled_plugins() {
             "{stdout}"
         );
     }
+    // A plugin of sources and a build script, not built yet: failed, with the hint.
+    let unbuilt = root.path().join("unbuilt");
+    std::fs::create_dir(&unbuilt).unwrap();
+    std::fs::write(
+        unbuilt.join("plugin.toml"),
+        "name = \"unbuilt\"\ncomponent = \"unbuilt.wasm\"\n",
+    )
+    .unwrap();
+    std::fs::write(unbuilt.join("build.sh"), "#!/bin/sh\n").unwrap();
+    let out = runinfer()
+        .arg("list")
+        .arg("--plugins")
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("(not built yet: run ") && stdout.contains("unbuilt/build.sh)"),
+        "{stdout}"
+    );
+
     let out = runinfer().args(["inspect", "iris"]).output().unwrap();
     assert!(out.status.success());
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
