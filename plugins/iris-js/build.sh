@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds iris-js.wasm with componentize-js (from npm, pinned in package.json).
+# Builds iris-js.wasm with componentize-js (from npm, pinned in package.json and
+# package-lock.json; preview2-shim is listed because componentize-js imports it
+# without declaring it).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
