@@ -9,6 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 if ! command -v wrk >/dev/null; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2
   $sudo apt-get install -y wrk >&2
 fi
 cargo build --release -p runinfer --manifest-path "$root/Cargo.toml" >&2

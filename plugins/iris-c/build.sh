@@ -18,6 +18,7 @@ if ! command -v clang-$llvm >/dev/null || ! command -v wasm-ld-$llvm >/dev/null 
    || [ ! -f "$libc" ] || [ ! -f "$builtins" ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >&2
   $sudo apt-get install -y --no-install-recommends \
     clang-$llvm lld-$llvm wasi-libc libclang-rt-$llvm-dev-wasm32 >&2
 fi
