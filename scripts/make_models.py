@@ -8,10 +8,15 @@ Outputs (all committed, so building and testing need no Python):
   plugins/onnx-tensor/models/tiny_mlp*.onnx  small two-output MLPs on [N, 2, 3] inputs
   examples/iris.jsonl, examples/tensors.jsonl
   tests/golden/*.jsonl                    onnxruntime's outputs
+  tests/models/iris_scaler.onnx          a StandardScaler pipeline: the ONNX-ML Scaler
+                                         op, which tract lacks and onnxruntime runs
+
+    $(scripts/python-env.sh) scripts/make_models.py [NAME...]   # only these
 """
 
 import json
 import pathlib
+import sys
 
 import numpy as np
 import onnx
@@ -20,7 +25,10 @@ from onnx import TensorProto, helper, numpy_helper
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.datasets import load_iris
+from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -122,9 +130,43 @@ def tiny_mlp(name="tiny_mlp", seed=7, write_examples=True):
     print(f"{name}: {path.relative_to(ROOT)}")
 
 
-if __name__ == "__main__":
-    iris()
-    tiny_mlp()
+def iris_scaler():
+    data = load_iris()
+    x = data.data.astype(np.float32)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    pipe.fit(x, data.target)
+    model = convert_sklearn(
+        pipe,
+        "iris_scaler",
+        initial_types=[("input", FloatTensorType([None, 4]))],
+        options={id(pipe.steps[-1][1]): {"zipmap": False}},
+        target_opset={"": 17, "ai.onnx.ml": 3},
+    )
+    assert any(n.op_type == "Scaler" for n in model.graph.node)
+    path = ROOT / "tests/models/iris_scaler.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    labels, probs = sess.run(["label", "probabilities"], {"input": x})
+    write_jsonl(
+        ROOT / "tests/golden/iris_scaler.jsonl",
+        [
+            {"example": f32_list(row), "label": int(l), "probabilities": f32_list(p)}
+            for row, l, p in zip(x, labels, probs)
+        ],
+    )
+    print(f"iris_scaler: {path.relative_to(ROOT)}")
+
+
+BUILDERS = {
+    "iris": iris,
+    "tiny_mlp": tiny_mlp,
     # Other weights, same architecture: per-key models in the tests.
-    tiny_mlp("tiny_mlp_v2", seed=8, write_examples=False)
-    tiny_mlp("tiny_mlp_v3", seed=9, write_examples=False)
+    "tiny_mlp_v2": lambda: tiny_mlp("tiny_mlp_v2", seed=8, write_examples=False),
+    "tiny_mlp_v3": lambda: tiny_mlp("tiny_mlp_v3", seed=9, write_examples=False),
+    "iris_scaler": iris_scaler,
+}
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or BUILDERS:
+        BUILDERS[name]()

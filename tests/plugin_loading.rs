@@ -166,6 +166,36 @@ fn broken_plugins_are_reported_with_the_reason() {
 }
 
 #[test]
+fn a_missing_onnxruntime_library_fails_only_the_plugin_that_needs_it() {
+    // This test binary never loads onnxruntime, so the path here is the one tried.
+    let host = runinfer::Host::new(runinfer::HostConfig {
+        onnxruntime: runinfer::model::OnnxruntimeConfig {
+            library: Some("/nonexistent/libonnxruntime.so".into()),
+            threads: 1,
+        },
+        ..runinfer::HostConfig::default()
+    })
+    .unwrap();
+    let dir = scratch_plugin(
+        "iris",
+        "name = \"x\"\ncomponent = \"iris.wasm\"\n[models]\n\
+         iris = { path = \"models/iris.onnx\", backend = \"onnxruntime\" }\n",
+    );
+    let err = host.load_plugin(dir.path()).err().expect("no library");
+    let message = err.to_string();
+    assert!(
+        message.contains("onnxruntime cannot load model")
+            && message.contains("/nonexistent/libonnxruntime.so")
+            && message.contains("scripts/install-onnxruntime.sh"),
+        "{message}"
+    );
+    // The host goes on serving tract models.
+    let plugin = bundled(&host, "iris");
+    let out = run(&plugin, b"[5.1, 3.5, 1.4, 0.2]\n", &RunOptions::default());
+    assert_eq!(out.predictions[0]["inference"]["label"], "setosa");
+}
+
+#[test]
 fn plugins_are_found_by_directory_or_manifest_name() {
     let host = host();
     assert_eq!(

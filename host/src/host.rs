@@ -8,7 +8,7 @@ use crate::instance::InstanceState;
 use crate::manifest::MANIFEST_FILE;
 use crate::metrics::Metrics;
 use crate::metrics::PluginMetrics;
-use crate::model::ModelRegistry;
+use crate::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
 use crate::plugin::{KeySet, Plugin};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,10 @@ pub struct HostConfig {
     /// Instantiate from wasmtime's pooling allocator (pre-reserved slots) instead of
     /// allocating memories and tables on demand; `None` allocates on demand.
     pub pooling: Option<PoolingLimits>,
+    /// The engine for models whose manifest entry names none.
+    pub default_backend: BackendKind,
+    /// Where onnxruntime is loaded from, and its threads per call.
+    pub onnxruntime: OnnxruntimeConfig,
 }
 
 /// Sizes of the pooling allocator, set explicitly (the pool reserves address space
@@ -62,6 +66,8 @@ impl Default for HostConfig {
             max_key_model_sets: 8,
             max_wasm_stack: 512 * 1024,
             pooling: None,
+            default_backend: BackendKind::default(),
+            onnxruntime: OnnxruntimeConfig::default(),
         }
     }
 }
@@ -149,12 +155,13 @@ impl Host {
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick);
         let metrics = Arc::new(Metrics::new());
+        let models = ModelRegistry::new(metrics.model_loads(), config.onnxruntime.clone());
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
                 config,
-                models: ModelRegistry::new(metrics.model_loads()),
+                models,
                 metrics,
                 ticker,
                 key_lru: Mutex::default(),

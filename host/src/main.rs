@@ -5,6 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use runinfer::compile::CompileCache;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
+use runinfer::model::{BackendKind, OnnxruntimeConfig};
 use runinfer::run::{RunOptions, dispatch_options, run_async, run_watched};
 use runinfer::serve::ServeConfig;
 use runinfer::watch::PluginRoot;
@@ -64,6 +65,18 @@ struct CommonArgs {
     /// Wasm stack per call, in KiB (one engine serves all plugins).
     #[arg(long, default_value_t = 512)]
     max_wasm_stack_kb: usize,
+    /// Engine for models whose plugin.toml entry names none: tract (built in) or
+    /// onnxruntime (its shared library loaded at run time).
+    #[arg(long, env = "RUNINFER_BACKEND", default_value_t = BackendKind::Tract)]
+    backend: BackendKind,
+    /// The onnxruntime shared library [default: $ORT_DYLIB_PATH, target/onnxruntime/
+    /// as scripts/install-onnxruntime.sh leaves it, then the system's libonnxruntime.so]
+    #[arg(long, env = "RUNINFER_ONNXRUNTIME_LIB", value_name = "PATH")]
+    onnxruntime_lib: Option<PathBuf>,
+    /// Threads one onnxruntime call may use (instances already run in parallel;
+    /// 0 lets onnxruntime choose).
+    #[arg(long, default_value_t = 1)]
+    onnxruntime_threads: usize,
 }
 
 #[derive(Args)]
@@ -193,6 +206,11 @@ impl CommonArgs {
                 instances: instances.max(1),
                 ..PoolingLimits::default()
             }),
+            default_backend: self.backend,
+            onnxruntime: OnnxruntimeConfig {
+                library: self.onnxruntime_lib.clone(),
+                threads: self.onnxruntime_threads,
+            },
             ..HostConfig::default()
         })
     }

@@ -154,9 +154,14 @@ pub enum ModelEntry {
     Table {
         /// Relative to the plugin directory.
         path: PathBuf,
-        /// Inference engine.
+        /// Inference engine; the host's default (`--backend`) when absent.
         #[serde(default)]
-        backend: BackendKind,
+        backend: Option<BackendKind>,
+        /// Input shapes that replace the model's declared ones (`-1`: free), for
+        /// exports that leave dimensions open that the graph needs fixed (tract
+        /// plans a graph for known sizes; e.g. `x = [-1, 3, 48, 192]`).
+        #[serde(default)]
+        input_shapes: BTreeMap<String, Vec<i64>>,
     },
 }
 
@@ -205,10 +210,19 @@ impl ModelEntry {
         }
     }
 
-    /// The engine that runs it.
-    pub fn backend(&self) -> BackendKind {
+    /// Input shapes set in the manifest (`-1`: free), by input name.
+    pub fn input_shapes(&self) -> &BTreeMap<String, Vec<i64>> {
+        static NONE: BTreeMap<String, Vec<i64>> = BTreeMap::new();
         match self {
-            ModelEntry::Path(_) => BackendKind::default(),
+            ModelEntry::Path(_) => &NONE,
+            ModelEntry::Table { input_shapes, .. } => input_shapes,
+        }
+    }
+
+    /// The engine the manifest asks for, if it names one.
+    pub fn backend(&self) -> Option<BackendKind> {
+        match self {
+            ModelEntry::Path(_) => None,
             ModelEntry::Table { backend, .. } => *backend,
         }
     }
@@ -485,7 +499,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.models["iris"].path(), Path::new("models/iris.onnx"));
-        assert_eq!(m.models["other"].backend(), BackendKind::Tract);
+        assert_eq!(m.models["other"].backend(), Some(BackendKind::Tract));
+        assert_eq!(m.models["iris"].backend(), None);
         assert_eq!(m.batching.max_batch_size, Some(32));
         assert_eq!(m.limits.instances, Some(2));
         assert_eq!(

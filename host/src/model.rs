@@ -3,11 +3,12 @@
 //!
 //! Models are keyed by the digest of their bytes (and the backend), so the same file
 //! reached through two plugins, or two copies of one file, are one model in memory.
-//! Inference engines sit behind the small [`Backend`] trait; tract is built in.
+//! Inference engines sit behind the small [`Backend`] trait: tract is built in,
+//! onnxruntime is loaded at run time when a model asks for it.
 
 use crate::tensor::{DType, Tensor};
 use prometheus_client::metrics::counter::Counter;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -190,15 +191,63 @@ pub enum BackendKind {
     /// tract-onnx, pure Rust, built in.
     #[default]
     Tract,
+    /// onnxruntime, its shared library loaded at run time.
+    #[serde(alias = "ort")]
+    Onnxruntime,
 }
 
 impl BackendKind {
-    fn name(self) -> &'static str {
+    /// The name used in `plugin.toml` and on the command line.
+    pub fn name(self) -> &'static str {
         match self {
             BackendKind::Tract => "tract",
+            BackendKind::Onnxruntime => "onnxruntime",
         }
     }
 }
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "onnxruntime" | "ort" => Ok(BackendKind::Onnxruntime),
+            _ => Err(format!("unknown backend `{s}` (tract or onnxruntime)")),
+        }
+    }
+}
+
+/// How the onnxruntime backend finds its library and runs sessions.
+#[derive(Clone, Debug)]
+pub struct OnnxruntimeConfig {
+    /// The shared library; `None` looks in the usual places (see the README).
+    pub library: Option<PathBuf>,
+    /// Threads a session uses inside one call. runinfer runs instances in
+    /// parallel, so one each by default, like tract.
+    pub threads: usize,
+}
+
+impl Default for OnnxruntimeConfig {
+    fn default() -> Self {
+        OnnxruntimeConfig {
+            library: std::env::var_os("RUNINFER_ONNXRUNTIME_LIB").map(PathBuf::from),
+            threads: 1,
+        }
+    }
+}
+
+/// Input shapes by input name (`-1`: a free dimension).
+pub type InputShapes = BTreeMap<String, Vec<i64>>;
+
+/// One loaded model: the file's digest, the engine and the shapes it was planned for.
+type ModelKey = (String, BackendKind, InputShapes);
 
 /// Loads each model file once and hands out shared references.
 ///
@@ -206,21 +255,28 @@ impl BackendKind {
 /// per-key model set) holds it, and is freed when the last holder lets it go.
 #[derive(Default)]
 pub struct ModelRegistry {
-    models: Mutex<HashMap<(String, BackendKind), Weak<LoadedModel>>>,
+    models: Mutex<HashMap<ModelKey, Weak<LoadedModel>>>,
     loads: Counter,
+    onnxruntime: OnnxruntimeConfig,
 }
 
 impl ModelRegistry {
     /// An empty registry that counts its loads in `loads`.
-    pub fn new(loads: Counter) -> Self {
+    pub fn new(loads: Counter, onnxruntime: OnnxruntimeConfig) -> Self {
         ModelRegistry {
             models: Mutex::default(),
             loads,
+            onnxruntime,
         }
     }
 
     /// The model in `path`, loaded now unless a file with the same bytes already is.
-    pub fn load(&self, path: &Path, backend: BackendKind) -> Result<Arc<LoadedModel>, ModelError> {
+    pub fn load(
+        &self,
+        path: &Path,
+        backend: BackendKind,
+        input_shapes: &InputShapes,
+    ) -> Result<Arc<LoadedModel>, ModelError> {
         let bytes = std::fs::read(path).map_err(|source| ModelError::Read {
             path: path.to_path_buf(),
             source,
@@ -229,28 +285,37 @@ impl ModelRegistry {
         // Loads are rare and short next to a host's life: one lock keeps two plugins
         // asking for the same file at once from loading it twice.
         let mut models = self.models.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = models
-            .get(&(digest.clone(), backend))
-            .and_then(Weak::upgrade)
-        {
+        let key = (digest.clone(), backend, input_shapes.clone());
+        if let Some(model) = models.get(&key).and_then(Weak::upgrade) {
             return Ok(model);
         }
         models.retain(|_, m| m.strong_count() > 0);
         let start = Instant::now();
+        let load_error = |message: String| ModelError::Load {
+            backend: backend.name(),
+            path: path.to_path_buf(),
+            message,
+        };
+        let size = bytes.len() as u64;
         let engine: Box<dyn Backend> = match backend {
-            BackendKind::Tract => {
-                Box::new(
-                    tract::TractModel::load(&bytes).map_err(|message| ModelError::Load {
-                        backend: backend.name(),
-                        path: path.to_path_buf(),
-                        message,
-                    })?,
-                )
-            }
+            BackendKind::Tract => Box::new(tract::TractModel::load(&bytes, input_shapes).map_err(
+                |message| {
+                    load_error(format!(
+                        "{message}\n(tract lacks some ONNX operators and plans graphs for known \
+                         sizes: fix open input dimensions with input_shapes = {{ name = [...] }}, \
+                         or run this model with backend = \"onnxruntime\" in its [models] \
+                         entry or --backend onnxruntime)"
+                    ))
+                },
+            )?),
+            BackendKind::Onnxruntime => Box::new(
+                onnxruntime::OrtModel::load(bytes, input_shapes, &self.onnxruntime)
+                    .map_err(load_error)?,
+            ),
         };
         let model = Arc::new(LoadedModel {
             digest: digest.clone(),
-            bytes: bytes.len() as u64,
+            bytes: size,
             load_time: start.elapsed(),
             backend: engine,
         });
@@ -261,7 +326,7 @@ impl ModelRegistry {
             millis = model.load_time.as_millis() as u64,
             "model loaded"
         );
-        models.insert((digest, backend), Arc::downgrade(&model));
+        models.insert(key, Arc::downgrade(&model));
         Ok(model)
     }
 
@@ -282,186 +347,5 @@ impl ModelRegistry {
     }
 }
 
-mod tract {
-    use super::{Backend, ModelError, TensorInfo};
-    use crate::tensor::{DType, Tensor};
-    use std::sync::Arc;
-    use tract_onnx::prelude::{
-        DatumType, Framework, InferenceModel, InferenceModelExt, IntoRunnable, IntoTValue, TDim,
-        TVec, Tensor as TractTensor, TractResult, TypedFact, TypedRunnableModel,
-    };
-    use tract_onnx::tract_hir::infer::GenericFactoid;
-
-    pub struct TractModel {
-        plan: Arc<TypedRunnableModel>,
-        inputs: Vec<TensorInfo>,
-        outputs: Vec<TensorInfo>,
-    }
-
-    fn dtype_of(dt: DatumType) -> Option<DType> {
-        Some(match dt {
-            DatumType::F32 => DType::F32,
-            DatumType::F64 => DType::F64,
-            DatumType::I8 => DType::I8,
-            DatumType::I16 => DType::I16,
-            DatumType::I32 => DType::I32,
-            DatumType::I64 => DType::I64,
-            DatumType::U8 => DType::U8,
-            DatumType::U16 => DType::U16,
-            DatumType::U32 => DType::U32,
-            DatumType::U64 => DType::U64,
-            DatumType::Bool => DType::Boolean,
-            // tract folds some integer computations (e.g. ONNX-ML class lookups) into
-            // symbolic dimensions; they are plain i64 values by the time they are
-            // returned.
-            DatumType::TDim => DType::I64,
-            _ => return None,
-        })
-    }
-
-    fn datum_of(dt: DType) -> DatumType {
-        match dt {
-            DType::F32 => DatumType::F32,
-            DType::F64 => DatumType::F64,
-            DType::I8 => DatumType::I8,
-            DType::I16 => DatumType::I16,
-            DType::I32 => DatumType::I32,
-            DType::I64 => DatumType::I64,
-            DType::U8 => DatumType::U8,
-            DType::U16 => DatumType::U16,
-            DType::U32 => DatumType::U32,
-            DType::U64 => DatumType::U64,
-            DType::Boolean => DatumType::Bool,
-        }
-    }
-
-    fn info(name: String, fact: &TypedFact) -> Result<TensorInfo, String> {
-        let dtype = dtype_of(fact.datum_type).ok_or_else(|| {
-            format!(
-                "`{name}` has unsupported element type {:?}",
-                fact.datum_type
-            )
-        })?;
-        let shape = fact
-            .shape
-            .iter()
-            .map(|d| d.to_i64().ok().map(|d| d as u64))
-            .collect();
-        Ok(TensorInfo { name, dtype, shape })
-    }
-
-    /// Exporters such as skl2onnx declare a free batch dimension without a name,
-    /// which tract cannot type; give each such dimension a symbol of its own.
-    fn free_unknown_dims(model: &mut InferenceModel) -> TractResult<()> {
-        for ix in 0..model.input_outlets()?.len() {
-            let mut fact = model.input_fact(ix)?.clone();
-            let unknown: Vec<usize> = fact
-                .shape
-                .dims()
-                .enumerate()
-                .filter(|(_, d)| matches!(d, GenericFactoid::Any))
-                .map(|(i, _)| i)
-                .collect();
-            if fact.shape.is_open() || unknown.is_empty() {
-                continue;
-            }
-            for i in unknown {
-                let symbol = model.symbols.new_with_prefix("dim");
-                fact.shape.set_dim(i, TDim::Sym(symbol));
-            }
-            model.set_input_fact(ix, fact)?;
-        }
-        Ok(())
-    }
-
-    impl TractModel {
-        pub fn load(bytes: &[u8]) -> Result<Self, String> {
-            let err = |e: tract_onnx::prelude::TractError| format!("{e:#}");
-            let onnx = tract_onnx::onnx();
-            let mut model = onnx.model_for_read(&mut &bytes[..]).map_err(err)?;
-            free_unknown_dims(&mut model).map_err(err)?;
-            // Names as the ONNX file has them: optimisation may rename nodes.
-            let input_names = model
-                .input_outlets()
-                .map_err(err)?
-                .iter()
-                .map(|o| model.node(o.node).name.clone())
-                .collect::<Vec<_>>();
-            let output_names = model
-                .output_outlets()
-                .map_err(err)?
-                .iter()
-                .map(|&o| {
-                    model
-                        .outlet_label(o)
-                        .map(str::to_string)
-                        .unwrap_or_else(|| model.node(o.node).name.clone())
-                })
-                .collect::<Vec<_>>();
-            let typed = model.into_optimized().map_err(err)?;
-            let describe = |names: Vec<String>, outlets: &[tract_onnx::prelude::OutletId]| {
-                names
-                    .into_iter()
-                    .zip(outlets)
-                    .map(|(name, &o)| info(name, typed.outlet_fact(o).map_err(err)?))
-                    .collect::<Result<Vec<_>, String>>()
-            };
-            let inputs = describe(input_names, typed.input_outlets().map_err(err)?)?;
-            let outputs = describe(output_names, typed.output_outlets().map_err(err)?)?;
-            let plan = typed.into_runnable().map_err(err)?;
-            Ok(TractModel {
-                plan,
-                inputs,
-                outputs,
-            })
-        }
-    }
-
-    impl Backend for TractModel {
-        fn inputs(&self) -> &[TensorInfo] {
-            &self.inputs
-        }
-
-        fn outputs(&self) -> &[TensorInfo] {
-            &self.outputs
-        }
-
-        fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ModelError> {
-            let run_err = |message: String| ModelError::Run {
-                backend: "tract",
-                message,
-            };
-            let values = inputs
-                .iter()
-                .map(|t| {
-                    // Safety: the bytes hold exactly `shape` plain little-endian values
-                    // of the dtype (checked when the host tensor was built), and every
-                    // dtype here is plain old data.
-                    unsafe { TractTensor::from_raw_dt(datum_of(t.dtype()), t.shape(), t.bytes()) }
-                        .map(|t| t.into_tvalue())
-                        .map_err(|e| run_err(format!("{e:#}")))
-                })
-                .collect::<Result<TVec<_>, _>>()?;
-            let outputs = self
-                .plan
-                .run(values)
-                .map_err(|e| run_err(format!("{e:#}")))?;
-            outputs
-                .into_iter()
-                .map(|v| {
-                    let dtype = dtype_of(v.datum_type()).ok_or_else(|| {
-                        run_err(format!(
-                            "unsupported output element type {:?}",
-                            v.datum_type()
-                        ))
-                    })?;
-                    let t = v
-                        .cast_to_dt(datum_of(dtype))
-                        .map_err(|e| run_err(format!("{e:#}")))?;
-                    Tensor::from_bytes(dtype, t.shape().to_vec(), t.as_bytes().to_vec())
-                        .map_err(|e| run_err(e.to_string()))
-                })
-                .collect()
-        }
-    }
-}
+mod onnxruntime;
+mod tract;

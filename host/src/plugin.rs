@@ -451,7 +451,11 @@ fn bind_models(
             .map_err(|m| model_error(crate::model::ModelError::Pattern(m)))?;
         let model = inner
             .models
-            .load(&dir.join(&relative), entry.backend())
+            .load(
+                &dir.join(&relative),
+                entry.backend().unwrap_or(inner.config.default_backend),
+                entry.input_shapes(),
+            )
             .map_err(model_error)?;
         let id = format!("{}@{}", relative.display(), &model.digest()[..12]);
         models.insert(

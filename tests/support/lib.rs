@@ -169,3 +169,30 @@ pub fn prometheus_values(text: &str) -> std::collections::HashMap<String, f64> {
         })
         .collect()
 }
+
+/// Runs a script of the repository (`scripts/…`) and returns the last line it prints
+/// (the scripts print the path of what they installed); a failure fails the test
+/// with the script's output.
+pub fn run_script(relative: &str, args: &[&str]) -> PathBuf {
+    let script = root().join(relative);
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .args(args)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints a path")
+            .trim(),
+    )
+}

