@@ -16,7 +16,7 @@ fn jsonl(examples: impl Iterator<Item = Value>) -> Vec<u8> {
         .into_bytes()
 }
 
-fn onnxruntime_host(default_backend: BackendKind) -> Host {
+fn onnxruntime_host(default_backend: BackendKind, max_sessions: usize) -> Host {
     let library = run_script("scripts/install-onnxruntime.sh", &[]);
     Host::new(HostConfig {
         compile_cache: Some(runinfer::compile::CompileCache::new(
@@ -26,6 +26,7 @@ fn onnxruntime_host(default_backend: BackendKind) -> Host {
         onnxruntime: OnnxruntimeConfig {
             library: Some(library),
             threads: 1,
+            max_sessions,
         },
         ..HostConfig::default()
     })
@@ -88,7 +89,7 @@ fn text_line_images(count: usize) -> Vec<Value> {
 fn ppocr_classifier_gives_the_same_outputs_on_tract_and_onnxruntime() {
     let models = run_script("scripts/fetch-models.sh", &["ppocr"]);
     let model = models.join("ppocr_cls.onnx");
-    let host = onnxruntime_host(BackendKind::Tract);
+    let host = onnxruntime_host(BackendKind::Tract, 2);
     let input = jsonl(text_line_images(10).into_iter());
     let mut outputs = Vec::new();
     // The export leaves height and width open, and computes a shape from them that
@@ -135,7 +136,8 @@ fn ppocr_classifier_gives_the_same_outputs_on_tract_and_onnxruntime() {
 fn a_model_tract_cannot_load_runs_on_onnxruntime() {
     let golden = read_jsonl("tests/golden/iris_scaler.jsonl");
     let model = root().join("tests/models/iris_scaler.onnx");
-    let host = onnxruntime_host(BackendKind::Tract);
+    // One session for four instances: they take turns with it.
+    let host = onnxruntime_host(BackendKind::Tract, 1);
 
     let dir = tensor_plugin("scaler-tract", &model, "backend = \"tract\"");
     let err = host
@@ -173,7 +175,7 @@ fn a_model_tract_cannot_load_runs_on_onnxruntime() {
 #[test]
 fn the_host_default_backend_runs_models_whose_entry_names_none() {
     let golden = read_jsonl("tests/golden/iris.jsonl");
-    let host = onnxruntime_host(BackendKind::Onnxruntime);
+    let host = onnxruntime_host(BackendKind::Onnxruntime, 2);
     // plugins/iris/plugin.toml gives a bare path: the host default decides.
     let plugin = bundled(&host, "iris");
     let input = jsonl(golden.iter().map(|g| g["example"].clone()));

@@ -171,7 +171,7 @@ fn a_missing_onnxruntime_library_fails_only_the_plugin_that_needs_it() {
     let host = runinfer::Host::new(runinfer::HostConfig {
         onnxruntime: runinfer::model::OnnxruntimeConfig {
             library: Some("/nonexistent/libonnxruntime.so".into()),
-            threads: 1,
+            ..Default::default()
         },
         ..runinfer::HostConfig::default()
     })

@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
 
+mod engines;
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -49,7 +51,7 @@ fn parse_args() -> Result<Args> {
             "--lines" => args.lines = value.parse()?,
             "--suite" => args.suite = value,
             other => anyhow::bail!(
-                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|all)"
+                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|engines|all)"
             ),
         }
     }
@@ -571,6 +573,9 @@ fn main() -> Result<()> {
     let args = parse_args()?;
     if args.suite == "sandbox" {
         return sandbox(&args);
+    }
+    if args.suite == "engines" {
+        return engines::engines(&args);
     }
     if matches!(args.suite.as_str(), "foundation" | "all" | "calls") {
         foundation(&args)?;

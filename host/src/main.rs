@@ -77,6 +77,10 @@ struct CommonArgs {
     /// 0 lets onnxruntime choose).
     #[arg(long, default_value_t = 1)]
     onnxruntime_threads: usize,
+    /// onnxruntime sessions per model at most, shared by the instances that run it
+    /// (each holds a copy of the weights) [default: the number of cores]
+    #[arg(long, value_name = "N")]
+    onnxruntime_sessions: Option<usize>,
 }
 
 #[derive(Args)]
@@ -210,6 +214,9 @@ impl CommonArgs {
             onnxruntime: OnnxruntimeConfig {
                 library: self.onnxruntime_lib.clone(),
                 threads: self.onnxruntime_threads,
+                max_sessions: self
+                    .onnxruntime_sessions
+                    .unwrap_or(OnnxruntimeConfig::default().max_sessions),
             },
             ..HostConfig::default()
         })

@@ -232,6 +232,9 @@ pub struct OnnxruntimeConfig {
     /// Threads a session uses inside one call. runinfer runs instances in
     /// parallel, so one each by default, like tract.
     pub threads: usize,
+    /// Sessions per model at most (instances running the model at once share
+    /// them); each holds a copy of the weights. Default: the number of cores.
+    pub max_sessions: usize,
 }
 
 impl Default for OnnxruntimeConfig {
@@ -239,6 +242,7 @@ impl Default for OnnxruntimeConfig {
         OnnxruntimeConfig {
             library: std::env::var_os("RUNINFER_ONNXRUNTIME_LIB").map(PathBuf::from),
             threads: 1,
+            max_sessions: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -10,7 +10,7 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 
 const NAME: &str = "onnxruntime";
 
@@ -80,14 +80,22 @@ fn environment(config: &OnnxruntimeConfig) -> Result<&'static Environment, Strin
 ///
 /// `ort` runs a session through `&mut` (some execution providers are not thread
 /// safe), so instances running at once each take a session of their own from a
-/// pool that grows to the number of concurrent callers; the model bytes are kept to
-/// open more.
+/// pool; it grows on demand up to `max_sessions` (each session holds its own copy of
+/// the weights, and more sessions than cores buy no speed), then callers wait for
+/// one. The model bytes are kept to open more.
 pub struct OrtModel {
     bytes: Vec<u8>,
     threads: usize,
-    sessions: Mutex<Vec<Session>>,
+    max_sessions: usize,
+    pool: Mutex<Pool>,
+    returned: Condvar,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+}
+
+struct Pool {
+    idle: Vec<Session>,
+    open: usize,
 }
 
 impl OrtModel {
@@ -117,28 +125,48 @@ impl OrtModel {
         Ok(OrtModel {
             bytes,
             threads: config.threads,
-            sessions: Mutex::new(vec![session]),
+            max_sessions: config.max_sessions.max(1),
+            pool: Mutex::new(Pool {
+                idle: vec![session],
+                open: 1,
+            }),
+            returned: Condvar::new(),
             inputs,
             outputs,
         })
     }
 
     fn take_session(&self) -> Result<Session, ModelError> {
-        let idle = self
-            .sessions
+        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(session) = pool.idle.pop() {
+                return Ok(session);
+            }
+            if pool.open < self.max_sessions {
+                pool.open += 1;
+                break;
+            }
+            pool = self.returned.wait(pool).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(pool);
+        let env = RUNTIME
+            .get()
+            .and_then(|(_, env)| env.as_ref().ok())
+            .expect("a loaded model implies a loaded runtime");
+        open(env, &self.bytes, self.threads).map_err(|e| {
+            self.pool.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+            self.returned.notify_one();
+            run_error(e)
+        })
+    }
+
+    fn return_session(&self, session: Session) {
+        self.pool
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .pop();
-        match idle {
-            Some(session) => Ok(session),
-            None => {
-                let env = RUNTIME
-                    .get()
-                    .and_then(|(_, env)| env.as_ref().ok())
-                    .expect("a loaded model implies a loaded runtime");
-                open(env, &self.bytes, self.threads).map_err(run_error)
-            }
-        }
+            .idle
+            .push(session);
+        self.returned.notify_one();
     }
 }
 
@@ -300,10 +328,7 @@ impl Backend for OrtModel {
                     .map(|o| from_value(&outputs[o.name.as_str()]))
                     .collect::<Result<Vec<_>, _>>()
             });
-        self.sessions
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(session);
+        self.return_session(session);
         result.map_err(run_error)
     }
 }

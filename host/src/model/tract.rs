@@ -172,7 +172,8 @@ impl TractModel {
             return Err(symbolic_error);
         }
         // Plans for free dimensions set to 1 and to 2 tell which output dimensions
-        // follow them; both are kept for use.
+        // follow them (and that the graph plans at all); inputs of those sizes use
+        // them. Real inputs get their own plans on first use.
         let with_free = |size: usize| -> Vec<Vec<usize>> {
             inputs
                 .iter()

@@ -1,0 +1,305 @@
+"""P2, P3 and P6 of bench/RESULTS.md, run by bench/run.sh (which builds runinfer, installs
+onnxruntime, fetches the models and writes the example files first).
+
+P2: one job both ways: read a JSONL file of examples, run the model, write predictions
+    as JSONL. Apache Beam's RunInference(OnnxModelHandlerNumpy) on its local runner
+    (DirectRunner) against `runinfer run` with the generic onnx-tensor handler, on
+    onnxruntime and on tract. Whole processes/pipelines, start-up included.
+P3: process start to first prediction, with an empty and with a warm compile cache.
+P6: peak RSS (getrusage's ru_maxrss, from a small parent) of `runinfer run` with 1, 4
+    and 16 instances of one plugin on MiniLM, and of `runinfer serve` with 1 and with 4
+    plugins granting the same model file.
+
+Prints Markdown.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.onnx_inference import OnnxModelHandlerNumpy
+from apache_beam.options.pipeline_options import PipelineOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNINFER = ROOT / "target" / "release" / "runinfer"
+DATA = ROOT / "target" / "bench" / "data"
+# PP-OCR's export leaves height and width open, which tract plans best when fixed.
+INPUT_SHAPES = {"ppocr-cls": "x = [-1, 3, 48, 192]"}
+MODELS = {
+    # name: (model file, numpy dtype of an example, onnx-tensor dtype arg)
+    "iris": (ROOT / "plugins" / "iris" / "models" / "iris.onnx", np.float32, "f32"),
+    "ppocr-cls": (ROOT / "target" / "models" / "ppocr_cls.onnx", np.float32, "f32"),
+    "minilm": (ROOT / "target" / "models" / "minilm.onnx", np.int64, "i64"),
+}
+BATCH = 32
+
+
+def plugin_root(work, models, copies=1):
+    """A plugin root with an onnx-tensor plugin per model (the model file hard-linked
+    in), `copies` plugins each."""
+    root = Path(work) / f"plugins-{'-'.join(models)}-{copies}"
+    shutil.rmtree(root, ignore_errors=True)
+    for name in models:
+        path, _, dtype = MODELS[name]
+        for copy in range(copies):
+            plugin = f"{name}-{copy}" if copies > 1 else name
+            d = root / plugin
+            d.mkdir(parents=True)
+            shutil.copy(ROOT / "plugins" / "onnx-tensor" / "onnx-tensor.wasm", d)
+            try:
+                os.link(path, d / "model.onnx")
+            except OSError:
+                shutil.copy(path, d / "model.onnx")
+            (d / "plugin.toml").write_text(
+                f'name = "{plugin}"\ncomponent = "onnx-tensor.wasm"\n[models]\n'
+                f'model = {{ path = "model.onnx", input_shapes = {{ {INPUT_SHAPES.get(name, "")} }} }}\n'
+                f'[args]\ndtype = "{dtype}"\n'
+            )
+    return root
+
+
+def beam_job(name, data, out_dir):
+    path, dtype, _ = MODELS[name]
+    names = []
+
+    def all_outputs(session, batch, inference_args=None):
+        # Beam's default returns the first output only; iris has two.
+        if not names:
+            names.extend(o.name for o in session.get_outputs())
+        outputs = session.run(None, {session.get_inputs()[0].name: np.stack(batch, axis=0)})
+        return dict(zip(names, outputs))
+
+    handler = OnnxModelHandlerNumpy(
+        str(path),
+        providers=["CPUExecutionProvider"],
+        inference_fn=all_outputs,
+        min_batch_size=BATCH,
+        max_batch_size=BATCH,
+    )
+
+    def to_json(result):
+        return json.dumps(
+            {
+                "example": result.example.tolist(),
+                "inference": {k: v.tolist() for k, v in result.inference.items()},
+            }
+        )
+
+    start = time.perf_counter()
+    with beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"])) as p:
+        (
+            p
+            | beam.io.ReadFromText(str(data))
+            | beam.Map(lambda line: np.asarray(json.loads(line), dtype=dtype))
+            | RunInference(handler)
+            | beam.Map(to_json)
+            | beam.io.WriteToText(str(Path(out_dir) / "beam"), shard_name_template="")
+        )
+    elapsed = time.perf_counter() - start
+    count = sum(1 for _ in open(Path(out_dir) / "beam"))
+    return count, elapsed
+
+
+def runinfer_job(plugins, name, data, out_dir, backend, cache):
+    out = Path(out_dir) / f"runinfer-{backend}"
+    start = time.perf_counter()
+    subprocess.run(
+        [RUNINFER, "run", name, data, "--plugins", plugins, "--backend", backend, "--max-batch-size", str(BATCH),
+         "--cache-dir", cache, "--output", out],
+        check=True,
+        stderr=subprocess.DEVNULL,
+    )
+    elapsed = time.perf_counter() - start
+    count = sum(1 for _ in open(out))
+    return count, elapsed
+
+
+def p2(args, work):
+    plugins = plugin_root(work, list(MODELS))
+    cache = Path(work) / "cache"
+    print("### P2: the same job in Apache Beam and in runinfer\n")
+    print(
+        f"Read `target/bench/data/<model>.jsonl`, run the model in batches of {BATCH}, write predictions (all outputs) "
+        f"as JSONL. Beam {beam.__version__}: `ReadFromText | Map(json → numpy) | RunInference(OnnxModelHandlerNumpy, "
+        f"CPU provider, onnxruntime's default threads) | Map(→ JSON) | WriteToText` on the DirectRunner. runinfer: "
+        f"`runinfer run` with the generic onnx-tensor handler, its default instances ({os.cpu_count()}, 1 engine "
+        f"thread each), warm compile cache. Whole pipelines and processes, start-up included; examples/s, median of "
+        f"{args.reps} interleaved runs.\n"
+    )
+    print("| model | examples | Beam + onnxruntime | runinfer + onnxruntime | ratio | runinfer + tract | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in MODELS:
+        data = DATA / f"{name}.jsonl"
+        lines = sum(1 for _ in open(data))
+        rates = {"beam": [], "onnxruntime": [], "tract": []}
+        # One untimed runinfer start fills the compile cache.
+        runinfer_job(plugins, name, data, work, "tract", cache)
+        for _ in range(args.reps):
+            for kind in rates:
+                if kind == "beam":
+                    count, elapsed = beam_job(name, data, work)
+                else:
+                    count, elapsed = runinfer_job(plugins, name, data, work, kind, cache)
+                assert count == lines, (kind, count, lines)
+                rates[kind].append(count / elapsed)
+                print(f"  {name} {kind}: {count / elapsed:,.1f} ex/s", file=sys.stderr)
+        m = {k: statistics.median(v) for k, v in rates.items()}
+        print(
+            f"| {name} | {lines:,} | {m['beam']:,.1f} | {m['onnxruntime']:,.1f} | {m['onnxruntime'] / m['beam']:.2f} "
+            f"| {m['tract']:,.1f} | {m['tract'] / m['beam']:.2f} |"
+        )
+        sys.stdout.flush()
+
+
+def first_prediction(command):
+    """Seconds from process start to its first line on stdout; the process is then
+    left to finish."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    line = proc.stdout.readline()
+    elapsed = time.perf_counter() - start
+    proc.stdout.read()
+    assert proc.wait() == 0 and line, command
+    return elapsed
+
+
+def p3(args, work):
+    plugins = plugin_root(work, ["iris", "ppocr-cls"])
+    print("### P3: cold start\n")
+    print(
+        "`runinfer run <plugin> <one example>`: process start to the first prediction on stdout, with an empty "
+        f"compile cache (Cranelift compiles the component) and with the cache warm; median of {args.reps}. "
+        "Includes loading the model (and, for onnxruntime, its shared library).\n"
+    )
+    print("| plugin | engine | empty cache ms | warm cache ms |")
+    print("|---|---|---:|---:|")
+    for name in ["iris", "ppocr-cls"]:
+        one = Path(work) / f"{name}-one.jsonl"
+        with open(DATA / f"{name}.jsonl") as f:
+            one.write_text(f.readline())
+        for backend in ["tract", "onnxruntime"]:
+            cold, warm = [], []
+            for rep in range(args.reps):
+                cache = Path(work) / f"cache-p3-{name}-{backend}-{rep}"
+                command = [RUNINFER, "run", name, one, "--plugins", plugins, "--backend", backend, "--cache-dir", cache]
+                cold.append(first_prediction(command) * 1e3)
+                warm.append(first_prediction(command) * 1e3)
+            print(f"| {name} | {backend} | {statistics.median(cold):.0f} | {statistics.median(warm):.0f} |")
+            sys.stdout.flush()
+
+
+# A child's ru_maxrss starts from what it shared with its parent at fork, and this
+# process (with Beam loaded) is large: commands are started from a small interpreter
+# that reports its only child's peak.
+PEAK_RSS = (
+    "import resource, subprocess, sys\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))\n"
+    "sys.exit(code)\n"
+)
+
+
+def measured(command, report, **popen):
+    return subprocess.Popen([sys.executable, "-c", PEAK_RSS, report, *map(str, command)], **popen)
+
+
+def peak_rss_mb(proc, report):
+    assert proc.wait() == 0, proc.args
+    return int(Path(report).read_text()) / 1024
+
+
+def serve_peak_rss(plugins, names, backend, cache, example, report):
+    proc = measured(
+        [RUNINFER, "serve", "--plugins", plugins, "--port", "0", "--backend", backend, "--cache-dir", cache,
+         "--exit-on-stdin-eof", "--no-watch"],
+        report,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    address = None
+    for line in proc.stderr:
+        if "serving" in line and "http://" in line:
+            address = line.strip().rsplit("http://", 1)[1]
+            break
+    assert address, "runinfer serve did not start"
+    body = json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, len(example)], "datatype": "INT64", "data": example}]}
+    ).encode()
+    for name in names:
+        request = urllib.request.Request(
+            f"http://{address}/v2/models/{name}/infer", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            assert response.status == 200
+    proc.stdin.close()
+    proc.stderr.read()
+    return peak_rss_mb(proc, report)
+
+
+def p6(args, work):
+    name = "minilm"
+    size = MODELS[name][0].stat().st_size / 1e6
+    plugins = plugin_root(work, [name])
+    cache = Path(work) / "cache"
+    data = DATA / f"{name}.jsonl"
+    print("### P6: memory\n")
+    print(
+        f"Peak RSS (getrusage ru_maxrss, from a small parent) of the whole process, MiniLM ({size:.0f} MB file), median of {args.reps}. "
+        "`run`: batches of 8, enough lines that every instance runs batches. `serve`: plugins each granting a copy "
+        "(hard link) of the same file, one request to each.\n"
+    )
+    print("| process | engine | peak RSS MB |")
+    print("|---|---|---:|")
+    examples = [json.loads(line) for line in open(data)]
+    report = Path(work) / "peak-rss"
+    for backend in ["tract", "onnxruntime"]:
+        for instances in [1, 4, 16]:
+            lines = Path(work) / f"p6-{instances}.jsonl"
+            with open(lines, "w") as f:
+                for i in range(8 * instances * 2):
+                    f.write(json.dumps(examples[i % len(examples)]) + "\n")
+            peaks = []
+            for _ in range(args.reps):
+                proc = measured(
+                    [RUNINFER, "run", name, lines, "--plugins", plugins, "--backend", backend, "--cache-dir", cache,
+                     "--instances", str(instances), "--max-batch-size", "8", "--output", os.devnull],
+                    report,
+                    stderr=subprocess.DEVNULL,
+                )
+                peaks.append(peak_rss_mb(proc, report))
+            print(f"| `run`, {instances} instance{'s' if instances > 1 else ''} | {backend} | {statistics.median(peaks):.0f} |")
+            sys.stdout.flush()
+        for copies in [1, 4]:
+            shared = plugin_root(work, [name], copies)
+            names = [f"{name}-{c}" for c in range(copies)] if copies > 1 else [name]
+            peaks = [serve_peak_rss(shared, names, backend, cache, examples[0], report) for _ in range(args.reps)]
+            what = "1 plugin" if copies == 1 else f"{copies} plugins, one model file"
+            print(f"| `serve`, {what} | {backend} | {statistics.median(peaks):.0f} |")
+            sys.stdout.flush()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("parts", nargs="*", default=["p2", "p3", "p6"])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as work:
+        for part in args.parts:
+            {"p2": p2, "p3": p3, "p6": p6}[part](args, work)
+            print()
+
+
+if __name__ == "__main__":
+    main()
