@@ -514,6 +514,7 @@ fn inspect(name: &str, common: CommonArgs) -> Result<std::process::ExitCode> {
                 "name": m.name,
                 "id": m.id,
                 "bytes": m.model.byte_size(),
+                "backend": m.model.backend(),
                 "inputs": m.model.inputs(),
                 "outputs": m.model.outputs(),
             })

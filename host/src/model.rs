@@ -1,8 +1,9 @@
 //! The model registry: every model file is loaded once per host and shared by all
 //! instances and plugins that use it.
 //!
-//! Models are keyed by the digest of their bytes (and the backend), so the same file
-//! reached through two plugins, or two copies of one file, are one model in memory.
+//! Models are keyed by the digest of their bytes (with the engine and any input
+//! shapes set in the manifest), so the same file reached through two plugins, or two
+//! copies of one file, are one model in memory.
 //! Inference engines sit behind the small [`Backend`] trait: tract is built in,
 //! onnxruntime is loaded at run time when a model asks for it.
 
@@ -76,6 +77,7 @@ pub struct LoadedModel {
     digest: String,
     bytes: u64,
     load_time: Duration,
+    kind: BackendKind,
     backend: Box<dyn Backend>,
 }
 
@@ -88,6 +90,11 @@ impl LoadedModel {
     /// Size of the model file in bytes.
     pub fn byte_size(&self) -> u64 {
         self.bytes
+    }
+
+    /// The engine that runs it.
+    pub fn backend(&self) -> BackendKind {
+        self.kind
     }
 
     /// How long loading and optimising the model took.
@@ -321,6 +328,7 @@ impl ModelRegistry {
             digest: digest.clone(),
             bytes: size,
             load_time: start.elapsed(),
+            kind: backend,
             backend: engine,
         });
         self.loads.inc();

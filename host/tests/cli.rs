@@ -336,3 +336,60 @@ fn run_watch_swaps_in_a_new_model_while_stdin_streams() {
             .all(|id| id.starts_with("models/mlp-2.onnx@"))
     );
 }
+
+#[test]
+fn backend_flag_runs_models_on_onnxruntime() {
+    let install = Command::new("bash")
+        .arg(root().join("scripts/install-onnxruntime.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        install.status.success(),
+        "{}",
+        String::from_utf8_lossy(&install.stderr)
+    );
+    let library = String::from_utf8(install.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let onnxruntime = ["--backend", "onnxruntime", "--onnxruntime-lib", &library];
+
+    let out = runinfer()
+        .args(["run", "iris", "examples/iris.jsonl"])
+        .args(onnxruntime)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let labels: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let p: serde_json::Value = serde_json::from_str(l).unwrap();
+            p["inference"]["label"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(labels, golden_labels());
+
+    for (args, engine) in [(&onnxruntime[..], "onnxruntime"), (&[][..], "tract")] {
+        let out = runinfer()
+            .args(["inspect", "iris"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(info["models"][0]["backend"], engine);
+    }
+
+    let out = runinfer()
+        .args(["run", "iris", "examples/iris.jsonl", "--backend", "onnx"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown backend `onnx`"), "{stderr}");
+}
