@@ -11,6 +11,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=$root/target/models
 mkdir -p "$dest"
+# One fetch at a time (tests run in parallel); models appear by rename when complete.
+exec 9>"$dest/.lock"
+flock 9
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=(ppocr minilm)
 

@@ -16,8 +16,16 @@ fn jsonl(examples: impl Iterator<Item = Value>) -> Vec<u8> {
         .into_bytes()
 }
 
+/// The library, installed once per test process.
+fn library() -> std::path::PathBuf {
+    static LIBRARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    LIBRARY
+        .get_or_init(|| run_script("scripts/install-onnxruntime.sh", &[]))
+        .clone()
+}
+
 fn onnxruntime_host(default_backend: BackendKind, max_sessions: usize) -> Host {
-    let library = run_script("scripts/install-onnxruntime.sh", &[]);
+    let library = library();
     Host::new(HostConfig {
         compile_cache: Some(runinfer::compile::CompileCache::new(
             root().join("target").join("test-compile-cache"),
