@@ -6,25 +6,13 @@
 use runinfer::run::RunOptions;
 use runinfer_e2e::*;
 use serde_json::Value;
-use std::process::Command;
 
 const TOLERANCE: f64 = 1e-5;
 
 /// Builds `plugins/<name>` with its build script; a toolchain that cannot be installed
 /// fails the test with the script's output.
 fn build(name: &str) {
-    let script = plugins_dir().join(name).join("build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .output()
-        .expect("bash runs");
-    assert!(
-        out.status.success(),
-        "{} failed:\n{}{}",
-        script.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_script_output(&format!("plugins/{name}/build.sh"), &[]);
 }
 
 fn predictions(name: &str, input: &[u8], batch: u32) -> Vec<Value> {
@@ -44,11 +32,7 @@ fn predictions(name: &str, input: &[u8], batch: u32) -> Vec<Value> {
 fn same_as_rust(name: &str) {
     build(name);
     let golden = read_jsonl("tests/golden/iris.jsonl");
-    let input: Vec<u8> = golden
-        .iter()
-        .map(|g| format!("{}\n", g["example"]))
-        .collect::<String>()
-        .into_bytes();
+    let input = jsonl(golden.iter().map(|g| g["example"].clone()));
     for batch in [1, 7, 64] {
         let rust = predictions("iris", &input, batch);
         let other = predictions(name, &input, batch);

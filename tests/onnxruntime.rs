@@ -9,13 +9,6 @@ use runinfer::{Host, HostConfig};
 use runinfer_e2e::*;
 use serde_json::Value;
 
-fn jsonl(examples: impl Iterator<Item = Value>) -> Vec<u8> {
-    examples
-        .map(|e| format!("{e}\n"))
-        .collect::<String>()
-        .into_bytes()
-}
-
 /// The library, installed once per test process.
 fn library() -> std::path::PathBuf {
     static LIBRARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
@@ -194,17 +187,7 @@ fn the_host_default_backend_runs_models_whose_entry_names_none() {
         "{:?}",
         out.dead_letters
     );
-    for (i, (p, g)) in out.predictions.iter().zip(&golden).enumerate() {
-        assert_eq!(p["inference"]["label"], g["label"], "line {i}");
-        for species in ["setosa", "versicolor", "virginica"] {
-            assert_close(
-                &p["inference"]["probabilities"][species],
-                &g["probabilities"][species],
-                1e-5,
-                &format!("line {i} {species}"),
-            );
-        }
-    }
+    assert_iris_matches_golden(&out.predictions, &golden, 1e-5);
     // One model, loaded by onnxruntime: the registry keys models by engine too.
     assert_eq!(host.models().load_count(), 1);
 }

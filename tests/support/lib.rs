@@ -170,10 +170,9 @@ pub fn prometheus_values(text: &str) -> std::collections::HashMap<String, f64> {
         .collect()
 }
 
-/// Runs a script of the repository (`scripts/…`) and returns the last line it prints
-/// (the scripts print the path of what they installed); a failure fails the test
-/// with the script's output.
-pub fn run_script(relative: &str, args: &[&str]) -> PathBuf {
+/// Runs a script of the repository with bash and returns what it printed on stdout;
+/// a failure fails the test with the script's output.
+pub fn run_script_output(relative: &str, args: &[&str]) -> String {
     let script = root().join(relative);
     let out = std::process::Command::new("bash")
         .arg(&script)
@@ -187,7 +186,13 @@ pub fn run_script(relative: &str, args: &[&str]) -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).expect("UTF-8 output");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// Runs a script of the repository (`scripts/…`) and returns the last line it prints
+/// (the scripts print the path of what they installed).
+pub fn run_script(relative: &str, args: &[&str]) -> PathBuf {
+    let stdout = run_script_output(relative, args);
     PathBuf::from(
         stdout
             .lines()
@@ -195,4 +200,29 @@ pub fn run_script(relative: &str, args: &[&str]) -> PathBuf {
             .expect("the script prints a path")
             .trim(),
     )
+}
+
+/// JSONL text with one line per value.
+pub fn jsonl(examples: impl Iterator<Item = Value>) -> Vec<u8> {
+    examples
+        .map(|e| format!("{e}\n"))
+        .collect::<String>()
+        .into_bytes()
+}
+
+/// Asserts iris predictions have the golden label and probabilities of each line
+/// (tests/golden/iris.jsonl) within `tolerance`.
+pub fn assert_iris_matches_golden(predictions: &[Value], golden: &[Value], tolerance: f64) {
+    assert_eq!(predictions.len(), golden.len(), "one prediction per line");
+    for (i, (p, g)) in predictions.iter().zip(golden).enumerate() {
+        assert_eq!(p["inference"]["label"], g["label"], "line {i}");
+        for species in ["setosa", "versicolor", "virginica"] {
+            assert_close(
+                &p["inference"]["probabilities"][species],
+                &g["probabilities"][species],
+                tolerance,
+                &format!("line {i} {species}"),
+            );
+        }
+    }
 }
