@@ -196,6 +196,15 @@ fn plugin_dir(
     Ok(dir)
 }
 
+/// One batch from JSONL lines, decoded and stacked by the host's own tensor code.
+fn stack_lines(lines: &[&str], dtype: DType) -> Result<Tensor> {
+    let examples = lines
+        .iter()
+        .map(|line| Ok(Tensor::from_json(&serde_json::from_str(line)?, dtype)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::stack(&examples)?)
+}
+
 /// The limit: parse the JSONL, stack a batch, call the engine, write each row's
 /// outputs as JSON — the same job as `run`, with the host's own tensor decoding and
 /// encoding, but without wasm, plugin or pipeline.
@@ -210,11 +219,7 @@ fn native_run(
     let lines: Vec<&str> = input.lines().collect();
     let mut count = 0;
     for chunk in lines.chunks(batch) {
-        let examples = chunk
-            .iter()
-            .map(|line| Ok(Tensor::from_json(&serde_json::from_str(line)?, dtype)?))
-            .collect::<Result<Vec<_>>>()?;
-        let stacked = Tensor::stack(&examples)?;
+        let stacked = stack_lines(chunk, dtype)?;
         let outputs = model.run_named(vec![(input_name.clone(), &stacked)])?;
         let rows: Vec<Vec<Tensor>> = outputs
             .iter()
@@ -291,13 +296,7 @@ pub fn engines(args: &Args) -> Result<()> {
                     .lines()
                     .collect::<Vec<_>>()
                     .chunks(batch)
-                    .map(|chunk| {
-                        let examples = chunk
-                            .iter()
-                            .map(|l| Ok(Tensor::from_json(&serde_json::from_str(l)?, model.dtype)?))
-                            .collect::<Result<Vec<_>>>()?;
-                        Ok(Tensor::stack(&examples)?)
-                    })
+                    .map(|chunk| stack_lines(chunk, model.dtype))
                     .collect::<Result<Vec<_>>>()?;
                 let input_name = loaded.inputs()[0].name.clone();
                 let (mut wasm, mut native, mut engine) = (vec![], vec![], vec![]);
