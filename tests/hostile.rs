@@ -220,3 +220,184 @@ fn tenants_prefix_the_metrics_namespace() {
     assert!(text.contains("acme_ts_words_total 2"), "{text}");
     assert!(text.contains("acme_ts_num_inferences_total"), "{text}");
 }
+
+// What a handler hands the host through values: every one validated, bounded or
+// refused, never trusted.
+
+/// Loads the hostile plugin with `[args]` (what its `init` then declares) and returns
+/// the load error.
+fn refused_at_load(host: &runinfer::Host, args: &str) -> String {
+    let dir = hostile(&format!("[args]\n{args}\n"));
+    match host.load_plugin(dir.path()) {
+        Ok(_) => panic!("a handler declaring {args} must be refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn declared_batching_values_are_capped_at_load() {
+    let host = host();
+    let error = refused_at_load(&host, "max_batch_size = \"4000000000\"");
+    assert!(
+        error.contains("batch_elements_kwargs: max_batch_size = 4000000000 is more than the host allows (65536)"),
+        "{error}"
+    );
+    let error = refused_at_load(&host, "max_batch_duration_ms = \"4000000000\"");
+    assert!(
+        error.contains("more than the host allows (600000)"),
+        "{error}"
+    );
+    let error = refused_at_load(&host, "min_batch_size = \"50\"\nmax_batch_size = \"10\"");
+    assert!(
+        error.contains("min_batch_size 50 is more than max_batch_size 10"),
+        "{error}"
+    );
+    // The host stays usable: the same plugin with sane values loads and answers.
+    let dir = hostile("[args]\nmax_batch_size = \"65536\"\n");
+    let plugin = load(&host, dir.path());
+    assert_eq!(plugin.batching(&Default::default()).max_batch_size, 65536);
+    let out = run(&plugin, b"\"ok\"\n", &RunOptions::default());
+    assert_eq!(out.predictions.len(), 1);
+}
+
+#[test]
+fn a_declared_namespace_must_be_a_metric_name_and_its_own() {
+    let host = host();
+    let error = refused_at_load(&host, "namespace = \"x_total 1\\nforged_total 9\\n\"");
+    assert!(error.contains("invalid metrics namespace"), "{error}");
+    assert!(!error.contains('\n'), "escaped: {error:?}");
+    let error = refused_at_load(&host, "namespace = \"runinfer_model_loads\"");
+    assert!(
+        error.contains("the prefix `runinfer` is the host's own"),
+        "{error}"
+    );
+
+    let iris = bundled(&host, "iris");
+    let error = refused_at_load(&host, &format!("namespace = \"{}\"", iris.namespace()));
+    assert!(error.contains("belongs to another plugin"), "{error}");
+    // iris keeps its own series.
+    let out = run(&iris, b"[5.1, 3.5, 1.4, 0.2]\n", &RunOptions::default());
+    assert_eq!(out.predictions[0]["inference"]["label"], "setosa");
+}
+
+/// The names of the metric families in an exposition, each once, else the test fails.
+fn families_are_unique(text: &str) {
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(
+                seen.insert(name.to_string()),
+                "family {name} twice:\n{text}"
+            );
+        }
+        assert!(!line.starts_with("forged"), "forged line {line:?}");
+    }
+}
+
+#[test]
+fn handler_metrics_cannot_shadow_the_hosts_or_be_non_finite() {
+    assert_error(
+        &misdeed("metric-reserved"),
+        "invalid_input",
+        "metric name `num_inferences` is reserved",
+    );
+    assert_error(
+        &misdeed("metric-shadow"),
+        "invalid_input",
+        "metric name `num_inferences_total` is reserved",
+    );
+    assert_error(
+        &misdeed("metric-infinite"),
+        "invalid_input",
+        "metric `latency`: inf is not a finite number",
+    );
+    assert_error(
+        &misdeed("metric-nan"),
+        "invalid_input",
+        "metric `level`: NaN is not a finite number",
+    );
+
+    let host = host();
+    let dir = hostile("");
+    let plugin = load(&host, dir.path());
+    let out = run(
+        &plugin,
+        b"\"metric-reserved\"\n\"metric-shadow\"\n\"metric-infinite\"\n\"metric-ok\"\n\"metric-flood\"\n",
+        &size_only(1),
+    );
+    assert_eq!(out.predictions.len(), 2, "{:?}", out.dead_letters);
+    // metric-ok made 2 names; the flood gets the other 62 of the default cap of 64.
+    assert_eq!(
+        out.predictions[1]["inference"],
+        "62 made; metric `m62` would be this plugin's metric number 65, more than limits.max_custom_metrics (64)"
+    );
+    let text = host.metrics().encode();
+    families_are_unique(&text);
+    let values = prometheus_values(&text);
+    assert_eq!(values["hostile_misdeeds_total"], 1.0);
+    assert_eq!(values["hostile_latency_count"], 1.0);
+    assert_eq!(values["hostile_latency_sum"], 0.5);
+    let inferences: f64 = values
+        .iter()
+        .filter(|(k, _)| k.starts_with("hostile_num_inferences_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(inferences, 2.0, "only the host counts inferences");
+}
+
+#[test]
+fn every_plugin_series_exists_at_zero_from_load() {
+    let host = host();
+    let iris = bundled(&host, "iris");
+    let text = host.metrics().encode();
+    let ns = iris.namespace();
+    for series in [
+        "num_inferences_total",
+        "failed_batches_counter_total",
+        "inference_request_batch_size_count",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{ns}_{series}{{")))
+            .unwrap_or_else(|| panic!("{ns}_{series} is exposed before any batch:\n{text}"));
+        assert!(line.ends_with(" 0"), "{line}");
+    }
+}
+
+#[test]
+fn json_inferences_are_bounded_in_depth() {
+    assert_error(
+        &misdeed("deep-json"),
+        "internal",
+        "JSON nested more than 128 levels deep",
+    );
+}
+
+#[test]
+fn named_tensors_must_have_distinct_names() {
+    assert_error(
+        &misdeed("duplicate-names"),
+        "internal",
+        "the handler named two tensors \"a\"",
+    );
+}
+
+#[test]
+fn empty_tensors_are_bounded_and_unstack_one_row_each() {
+    let dir = hostile("");
+    let host = host();
+    let plugin = load(&host, dir.path());
+    let out = run(&plugin, b"\"empty-rows\"\n", &size_only(1));
+    assert_eq!(out.predictions[0]["inference"], "3 rows");
+    assert_error(
+        &misdeed("empty-giant"),
+        "invalid_input",
+        "describes more than 65536 empty arrays",
+    );
+    assert_error(
+        &misdeed("empty-rows-bomb"),
+        "resource_exhausted",
+        "more than limits.max_tensor_mb (32)",
+    );
+}

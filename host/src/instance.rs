@@ -8,12 +8,13 @@ use crate::metrics::Metrics;
 use crate::model::{LoadedModel, TensorInfo};
 use crate::sandbox::{self, OutputTail};
 use crate::tensor::{DType, Tensor, TensorError};
+use crate::untrusted::{self, MAX_BATCH_SIZE, MAX_JSON_DEPTH, escape_control, guest_text};
 use crate::value::Value;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -48,6 +49,12 @@ pub(crate) struct PluginEnv {
 }
 
 impl PluginEnv {
+    /// Who owns the plugin's metrics namespace: its directory, which a tenant cannot
+    /// choose (its manifest's name and tenant it can).
+    pub fn owner(&self) -> String {
+        self.dir.display().to_string()
+    }
+
     /// The metrics namespace: `ns`, prefixed by the tenant if there is one.
     pub fn namespaced(&self, ns: &str) -> String {
         match &self.tenant {
@@ -108,11 +115,20 @@ pub(crate) struct InstanceState {
     table: ResourceTable,
     limits: StoreLimits,
     env: Arc<PluginEnv>,
-    namespace: String,
+    /// The metrics namespace, once `init` has declared it and the host granted it.
+    namespace: Option<String>,
     models_used: BTreeSet<String>,
     output: OutputTail,
     /// Bytes of the tensors this instance holds in the host.
     tensor_bytes: usize,
+    log: LogBudget,
+}
+
+/// The log messages an instance may still send this second, and how many it lost.
+struct LogBudget {
+    window: Instant,
+    sent: u32,
+    dropped: u64,
 }
 
 impl WasiView for InstanceState {
@@ -160,7 +176,8 @@ fn from_guest_error(e: types::Error) -> InferenceError {
         types::ErrorCode::ResourceExhausted => ErrorCode::ResourceExhausted,
         types::ErrorCode::Internal => ErrorCode::Internal,
     };
-    InferenceError::new(code, e.message)
+    // Guest text ends up in logs and `runinfer list`: bounded and escaped here, once.
+    InferenceError::new(code, guest_text(&e.message))
 }
 
 impl HandlerInstance {
@@ -185,7 +202,6 @@ impl HandlerInstance {
                 InferenceError::new(ErrorCode::Internal, format!("cannot grant [grants]: {e:#}")),
             )
         })?;
-        let namespace = env.namespaced(namespace_override.unwrap_or(&env.plugin));
         let mut store = Store::new(
             pre.engine(),
             InstanceState {
@@ -193,10 +209,15 @@ impl HandlerInstance {
                 table: ResourceTable::new(),
                 limits,
                 env,
-                namespace,
+                namespace: None,
                 models_used: BTreeSet::new(),
                 output: output.clone(),
                 tensor_bytes: 0,
+                log: LogBudget {
+                    window: Instant::now(),
+                    sent: 0,
+                    dropped: 0,
+                },
             },
         );
         store.limiter(|state| &mut state.limits);
@@ -212,12 +233,25 @@ impl HandlerInstance {
             .map_err(|e| ("init", trap_error(e, &output)))?
             .map_err(|e| ("init", from_guest_error(e)))?;
         let info = convert_info(info);
-        if namespace_override.is_none()
-            && let Some(ns) = &info.metrics_namespace
-        {
-            let state = store.data_mut();
-            state.namespace = state.env.namespaced(ns);
-        }
+        let refused = |message: String| {
+            (
+                "init",
+                InferenceError::new(ErrorCode::InvalidInput, message),
+            )
+        };
+        check_info(&info).map_err(|e| refused(e.0))?;
+        let state = store.data_mut();
+        let namespace = state.env.namespaced(
+            namespace_override
+                .or(info.metrics_namespace.as_deref())
+                .unwrap_or(&state.env.plugin),
+        );
+        state
+            .env
+            .metrics
+            .plugin(&namespace, &state.env.owner())
+            .map_err(|e| refused(e.0))?;
+        state.namespace = Some(namespace);
         let mut instance = HandlerInstance {
             store,
             handler,
@@ -234,7 +268,11 @@ impl HandlerInstance {
 
     /// The metrics namespace in force for this instance.
     pub fn namespace(&self) -> &str {
-        &self.store.data().namespace
+        self.store
+            .data()
+            .namespace
+            .as_deref()
+            .expect("set when the instance started")
     }
 
     /// Beam's `load_model`.
@@ -298,7 +336,10 @@ impl HandlerInstance {
             .enumerate()
             .map(|(i, value)| state.value_from_guest(value, i))
             .collect::<Result<Vec<_>, _>>()?;
-        let bytes: usize = values.iter().map(Value::byte_size).sum();
+        state.log_summary();
+        let bytes = values
+            .iter()
+            .fold(0usize, |sum, v| sum.saturating_add(v.footprint()));
         let cap = state.env.limits.max_output_mb as usize * 1024 * 1024;
         if bytes > cap {
             return Err(InferenceError::new(
@@ -350,6 +391,51 @@ fn convert_info(info: api::HandlerInfo) -> HandlerInfo {
             api::InputKind::Bytes => InputKind::Bytes,
         },
     }
+}
+
+/// What `init` declared, checked before the host acts on any of it: batching values
+/// size allocations and queues of the whole process, hints are shown to operators.
+fn check_info(info: &HandlerInfo) -> Result<(), untrusted::Refused> {
+    let b = &info.batching;
+    for (key, value) in [
+        ("min_batch_size", b.min_batch_size),
+        ("max_batch_size", b.max_batch_size),
+        ("max_batch_duration_ms", b.max_batch_duration_ms),
+    ] {
+        untrusted::check_batching_value(key, value).map_err(|e| {
+            untrusted::Refused(format!(
+                "the handler's batch_elements_kwargs: {}; override it in [batching] of plugin.toml",
+                e.0
+            ))
+        })?;
+    }
+    if let (Some(min), Some(max)) = (b.min_batch_size, b.max_batch_size)
+        && min > max
+    {
+        return Err(untrusted::Refused(format!(
+            "the handler's batch_elements_kwargs: min_batch_size {min} is more than max_batch_size {max} (at most {MAX_BATCH_SIZE})"
+        )));
+    }
+    if let Some(accelerator) = &info.accelerator
+        && (accelerator.len() > 64 || escape_control(accelerator) != accelerator.as_str())
+    {
+        return Err(untrusted::Refused(
+            "the handler's resource hint `accelerator` must be at most 64 printable characters"
+                .into(),
+        ));
+    }
+    if let InputKind::Tensor {
+        shape: Some(shape), ..
+    } = &info.input
+        && shape.len() > crate::tensor::MAX_RANK
+    {
+        return Err(untrusted::Refused(format!(
+            "the handler's input shape has {} dimensions, more than {}",
+            shape.len(),
+            crate::tensor::MAX_RANK
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn dtype_from_wit(d: types::Dtype) -> DType {
@@ -438,7 +524,7 @@ impl InstanceState {
 
     /// Admits and stores one tensor.
     fn push_one(&mut self, tensor: Tensor) -> Guest<Resource<Tensor>> {
-        if let Err(e) = self.admit(tensor.bytes().len()) {
+        if let Err(e) = self.admit(tensor.footprint()) {
             return Ok(Err(e));
         }
         Ok(Ok(self.push_tensor(tensor)?))
@@ -451,7 +537,9 @@ impl InstanceState {
 
     /// Admits and stores tensors, all or none.
     fn push_tensors<K>(&mut self, items: Vec<(K, Tensor)>) -> Guest<Vec<(K, Resource<Tensor>)>> {
-        let bytes = items.iter().map(|(_, t)| t.bytes().len()).sum();
+        let bytes = items
+            .iter()
+            .fold(0usize, |sum, (_, t)| sum.saturating_add(t.footprint()));
         if let Err(e) = self.admit(bytes) {
             return Ok(Err(e));
         }
@@ -467,7 +555,7 @@ impl InstanceState {
         r: Resource<Tensor>,
     ) -> Result<Tensor, wasmtime::component::ResourceTableError> {
         let tensor = self.table.delete(r)?;
-        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.bytes().len());
+        self.tensor_bytes = self.tensor_bytes.saturating_sub(tensor.footprint());
         Ok(tensor)
     }
 
@@ -506,18 +594,37 @@ impl InstanceState {
         };
         Ok(match value {
             types::Value::Tensor(r) => Value::Tensor(self.take_tensor(r).map_err(bad)?),
-            types::Value::Tensors(named) => Value::Tensors(
-                named
-                    .into_iter()
-                    .map(|(name, r)| Ok((name, self.take_tensor(r).map_err(bad)?)))
-                    .collect::<Result<_, InferenceError>>()?,
-            ),
-            types::Value::Json(text) => Value::Json(RawValue::from_string(text).map_err(|e| {
-                InferenceError::new(
-                    ErrorCode::Internal,
-                    format!("inference {index}: the handler returned invalid JSON: {e}"),
+            types::Value::Tensors(named) => {
+                let mut seen = std::collections::HashSet::with_capacity(named.len());
+                if let Some((name, _)) = named.iter().find(|(name, _)| !seen.insert(name.as_str()))
+                {
+                    return Err(InferenceError::new(
+                        ErrorCode::Internal,
+                        format!(
+                            "inference {index}: the handler named two tensors \"{}\"",
+                            guest_text(name)
+                        ),
+                    ));
+                }
+                Value::Tensors(
+                    named
+                        .into_iter()
+                        .map(|(name, r)| Ok((name, self.take_tensor(r).map_err(bad)?)))
+                        .collect::<Result<_, InferenceError>>()?,
                 )
-            })?),
+            }
+            types::Value::Json(text) => {
+                let invalid = |e: &dyn std::fmt::Display| {
+                    InferenceError::new(
+                        ErrorCode::Internal,
+                        format!("inference {index}: the handler returned invalid JSON: {e}"),
+                    )
+                };
+                // serde_json validates raw values without its depth limit; a deeper
+                // document would be written out where common parsers fail on it.
+                untrusted::check_json_depth(&text, MAX_JSON_DEPTH).map_err(|e| invalid(&e))?;
+                Value::Json(RawValue::from_string(text).map_err(|e| invalid(&e))?)
+            }
             types::Value::Text(text) => Value::Text(text),
             types::Value::Bytes(bytes) => Value::Bytes(bytes),
         })
@@ -590,6 +697,14 @@ impl types::HostTensor for InstanceState {
     }
 
     fn unstack(&mut self, this: Resource<Tensor>) -> Guest<Vec<Resource<Tensor>>> {
+        // Rows are admitted before they are built: a tensor of many empty rows is
+        // small, its rows are not.
+        let tensor = self.table.get(&this)?;
+        let footprint = tensor.unstacked_footprint();
+        if let Err(e) = self.admit(footprint) {
+            return Ok(Err(e));
+        }
+        self.tensor_bytes -= footprint;
         let rows = match self.table.get(&this)?.unstack() {
             Ok(rows) => rows,
             Err(e) => return Ok(Err(tensor_error(e))),
@@ -692,45 +807,82 @@ impl inference::HostModel for InstanceState {
     }
 }
 
-impl bindings::metrics::Host for InstanceState {
-    fn counter_add(&mut self, name: String, delta: u64) -> Guest<()> {
-        let r = self.env.metrics.counter_add(&self.namespace, &name, delta);
-        Ok(r.map_err(|m| guest_error(types::ErrorCode::InvalidInput, m)))
-    }
-
-    fn gauge_set(&mut self, name: String, value: f64) -> Guest<()> {
-        let r = self.env.metrics.gauge_set(&self.namespace, &name, value);
-        Ok(r.map_err(|m| guest_error(types::ErrorCode::InvalidInput, m)))
-    }
-
-    fn observe(&mut self, name: String, value: f64) -> Guest<()> {
-        let r = self.env.metrics.observe(&self.namespace, &name, value);
-        Ok(r.map_err(|m| guest_error(types::ErrorCode::InvalidInput, m)))
+impl InstanceState {
+    /// Records a handler metric through `record`, under the granted namespace and
+    /// within the plugin's cap on distinct names.
+    fn record(
+        &self,
+        record: impl FnOnce(&Metrics, &str, usize) -> Result<(), untrusted::Refused>,
+    ) -> Guest<()> {
+        let Some(namespace) = &self.namespace else {
+            return Ok(Err(guest_error(
+                types::ErrorCode::Unsupported,
+                "metrics can be recorded once init has returned",
+            )));
+        };
+        let cap = self.env.limits.max_custom_metrics as usize;
+        Ok(record(&self.env.metrics, namespace, cap)
+            .map_err(|e| guest_error(types::ErrorCode::InvalidInput, e.0)))
     }
 }
 
-/// Longest log message kept from a handler; the rest is cut.
-const MAX_LOG_MESSAGE: usize = 4096;
+impl InstanceState {
+    /// Says how many log messages the rate limit dropped, if any, and starts counting
+    /// again.
+    fn log_summary(&mut self) {
+        if self.log.dropped > 0 {
+            tracing::warn!(
+                target: "runinfer::guest",
+                plugin = self.env.plugin.as_str(),
+                dropped = self.log.dropped,
+                "guest log messages dropped (limits.log_messages_per_sec = {})",
+                self.env.limits.log_messages_per_sec
+            );
+            self.log.dropped = 0;
+        }
+    }
+}
+
+impl bindings::metrics::Host for InstanceState {
+    fn counter_add(&mut self, name: String, delta: u64) -> Guest<()> {
+        self.record(|m, ns, cap| m.counter_add(ns, &name, delta, cap))
+    }
+
+    fn gauge_set(&mut self, name: String, value: f64) -> Guest<()> {
+        self.record(|m, ns, cap| m.gauge_set(ns, &name, value, cap))
+    }
+
+    fn observe(&mut self, name: String, value: f64) -> Guest<()> {
+        self.record(|m, ns, cap| m.observe(ns, &name, value, cap))
+    }
+}
 
 impl bindings::log::Host for InstanceState {
+    /// A guest's log line: at most `limits.log_messages_per_sec` a second per instance
+    /// (the rest dropped and counted in a summary), cut to a bounded length, control
+    /// characters escaped, and always under the `runinfer::guest` target with the
+    /// plugin named, so it can never pass for a line of the host's (or a dead letter).
     fn log(&mut self, level: bindings::log::Level, message: String) -> wasmtime::Result<()> {
         use bindings::log::Level;
-        let mut message = message;
-        if message.len() > MAX_LOG_MESSAGE {
-            let mut cut = MAX_LOG_MESSAGE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("...");
+        if self.log.window.elapsed() >= Duration::from_secs(1) {
+            self.log_summary();
+            self.log.window = Instant::now();
+            self.log.sent = 0;
         }
+        let budget = &mut self.log;
+        if budget.sent >= self.env.limits.log_messages_per_sec {
+            budget.dropped += 1;
+            return Ok(());
+        }
+        budget.sent += 1;
         let plugin = self.env.plugin.as_str();
+        let message = guest_text(&message);
         match level {
-            Level::Trace => tracing::trace!(target: "runinfer::handler", plugin, "{message}"),
-            Level::Debug => tracing::debug!(target: "runinfer::handler", plugin, "{message}"),
-            Level::Info => tracing::info!(target: "runinfer::handler", plugin, "{message}"),
-            Level::Warn => tracing::warn!(target: "runinfer::handler", plugin, "{message}"),
-            Level::Error => tracing::error!(target: "runinfer::handler", plugin, "{message}"),
+            Level::Trace => tracing::trace!(target: "runinfer::guest", plugin, "{message}"),
+            Level::Debug => tracing::debug!(target: "runinfer::guest", plugin, "{message}"),
+            Level::Info => tracing::info!(target: "runinfer::guest", plugin, "{message}"),
+            Level::Warn => tracing::warn!(target: "runinfer::guest", plugin, "{message}"),
+            Level::Error => tracing::error!(target: "runinfer::guest", plugin, "{message}"),
         }
         Ok(())
     }

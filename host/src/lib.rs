@@ -26,6 +26,7 @@ mod sandbox;
 pub mod serve;
 pub mod sink;
 pub mod tensor;
+pub mod untrusted;
 pub mod value;
 pub mod watch;
 

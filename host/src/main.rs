@@ -235,6 +235,8 @@ fn main() -> std::process::ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match real_main() {
         Ok(code) => code,
@@ -263,10 +265,20 @@ fn real_main() -> Result<std::process::ExitCode> {
     }
 }
 
-fn run(args: RunArgs) -> Result<std::process::ExitCode> {
-    if args.max_batch_size == Some(0) || args.min_batch_size == Some(0) {
-        bail!("batch sizes must be at least 1");
+/// Batching flags get the same caps as a manifest's `[batching]`.
+fn check_batch_flags(flags: &[(&str, Option<u32>)]) -> Result<()> {
+    for (key, value) in flags {
+        runinfer::untrusted::check_batching_value(key, *value).map_err(|e| anyhow::anyhow!(e))?;
     }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<std::process::ExitCode> {
+    check_batch_flags(&[
+        ("--max-batch-size", args.max_batch_size),
+        ("--min-batch-size", args.min_batch_size),
+        ("--max-batch-duration-ms", args.max_batch_duration_ms),
+    ])?;
     let host = args.common.host()?;
     let root = args.common.plugin_root();
     let input: Box<dyn std::io::Read + Send> = match &args.input {
@@ -381,6 +393,10 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
 }
 
 fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
+    check_batch_flags(&[
+        ("--max-batch-size", args.max_batch_size),
+        ("--max-batch-duration-ms", args.max_batch_duration_ms),
+    ])?;
     let host = args.common.host()?;
     let root = args.common.plugin_root();
     let options = RunOptions {

@@ -240,6 +240,12 @@ pub struct BatchingConfig {
     pub max_batch_duration_ms: Option<u32>,
 }
 
+/// Most instances (worker threads) one plugin may ask for.
+pub const MAX_INSTANCES: u32 = 256;
+
+/// Most examples one plugin may queue.
+pub const MAX_QUEUE_SIZE: u32 = 1 << 20;
+
 /// `[limits]`: what one handler instance may use.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -261,6 +267,12 @@ pub struct Limits {
     /// Longest a `serve` request waits for its results, in ms (default: the server's
     /// `--request-timeout-ms`); a request may shorten it.
     pub request_timeout_ms: Option<u64>,
+    /// Distinct handler metrics (counters, gauges, distributions) the plugin may
+    /// create; past it a new name is refused.
+    pub max_custom_metrics: u32,
+    /// Log messages one instance may send per second; the rest are dropped and
+    /// counted in a summary line.
+    pub log_messages_per_sec: u32,
 }
 
 impl Default for Limits {
@@ -273,6 +285,8 @@ impl Default for Limits {
             max_output_mb: 64,
             queue_size: None,
             request_timeout_ms: None,
+            max_custom_metrics: 64,
+            log_messages_per_sec: 100,
         }
     }
 }
@@ -330,15 +344,12 @@ impl Manifest {
         }
         let b = &self.batching;
         for (key, value) in [
-            ("batching.min_batch_size", b.min_batch_size),
-            ("batching.max_batch_size", b.max_batch_size),
+            ("min_batch_size", b.min_batch_size),
+            ("max_batch_size", b.max_batch_size),
+            ("max_batch_duration_ms", b.max_batch_duration_ms),
         ] {
-            if value == Some(0) {
-                return Err(invalid(
-                    key,
-                    "expected an integer of at least 1, got 0".into(),
-                ));
-            }
+            crate::untrusted::check_batching_value(key, value)
+                .map_err(|e| invalid(&format!("batching.{key}"), e.0))?;
         }
         if let (Some(min), Some(max)) = (b.min_batch_size, b.max_batch_size)
             && min > max
@@ -346,6 +357,19 @@ impl Manifest {
             return Err(invalid(
                 "batching.min_batch_size",
                 format!("expected at most max_batch_size ({max}), got {min}"),
+            ));
+        }
+        // Instances are threads and queued examples are memory of the whole process.
+        if self.limits.instances.is_some_and(|n| n > MAX_INSTANCES) {
+            return Err(invalid(
+                "limits.instances",
+                format!("expected at most {MAX_INSTANCES}"),
+            ));
+        }
+        if self.limits.queue_size.is_some_and(|n| n > MAX_QUEUE_SIZE) {
+            return Err(invalid(
+                "limits.queue_size",
+                format!("expected at most {MAX_QUEUE_SIZE}"),
             ));
         }
         if self.limits.memory_mb == 0 {

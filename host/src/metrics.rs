@@ -10,10 +10,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::untrusted::{MAX_NAMESPACE_BYTES, Refused, check_metric_name};
 
 /// The label of every RunInference metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +26,62 @@ pub struct ModelLabel {
 }
 
 type Histograms = Family<ModelLabel, Histogram, fn() -> Histogram>;
+
+/// A label value as the exposition format needs it: prometheus_client writes label
+/// values as they are, and a model id comes from a file name the tenant chose.
+fn label_value(value: &str) -> String {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.to_string();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The families the host records for every plugin, with their kinds: a handler's own
+/// metrics may not take these names (or any name that exposes the same samples).
+const PLUGIN_FAMILIES: [(&str, Kind); 10] = [
+    ("num_inferences", Kind::Counter),
+    ("failed_batches_counter", Kind::Counter),
+    ("inference_request_batch_size", Kind::Histogram),
+    ("inference_request_batch_byte_size", Kind::Histogram),
+    ("inference_batch_latency_micro_secs", Kind::Histogram),
+    ("load_model_latency_milli_secs", Kind::Histogram),
+    ("model_byte_size", Kind::Gauge),
+    ("model_loaded", Kind::Gauge),
+    ("queue_wait_micro_secs", Kind::Histogram),
+    ("element_latency_micro_secs", Kind::Histogram),
+];
+
+/// The kind of a metric family, which decides the sample names it exposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "distribution",
+        }
+    }
+
+    /// Every name a family of this kind puts in the exposition: two families must not
+    /// share any, or a strict parser rejects the whole scrape.
+    fn exposed(self, family: &str) -> Vec<String> {
+        let suffixes: &[&str] = match self {
+            Kind::Counter => &["", "_total", "_created"],
+            Kind::Gauge => &[""],
+            Kind::Histogram => &["", "_bucket", "_count", "_sum", "_created"],
+        };
+        suffixes.iter().map(|s| format!("{family}{s}")).collect()
+    }
+}
 
 fn micros_histogram() -> Histogram {
     // 10 µs .. ~16 s
@@ -140,7 +198,7 @@ impl PluginMetrics {
 
     fn label(model_id: &str) -> ModelLabel {
         ModelLabel {
-            model_id: model_id.to_string(),
+            model_id: label_value(model_id),
         }
     }
 
@@ -172,9 +230,22 @@ impl PluginMetrics {
         }
     }
 
-    /// Models (and an instance using them) were loaded in `latency`.
+    /// Models (and an instance using them) were loaded in `latency`. Every series of
+    /// the model id is created here, counters at 0, so that rates and alerts see
+    /// them before the first batch (or the first failure).
     pub fn model_loaded(&self, model_id: &str, bytes: u64, latency: Duration) {
         let l = Self::label(model_id);
+        let _ = self.num_inferences.get_or_create(&l);
+        let _ = self.failed_batches.get_or_create(&l);
+        for histogram in [
+            &self.batch_size,
+            &self.batch_byte_size,
+            &self.batch_latency,
+            &self.queue_wait,
+            &self.element_latency,
+        ] {
+            let _ = histogram.get_or_create(&l);
+        }
         self.load_model_latency
             .get_or_create(&l)
             .observe(latency.as_secs_f64() * 1e3);
@@ -199,57 +270,97 @@ enum Custom {
 }
 
 impl Custom {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> Kind {
         match self {
-            Custom::Counter(_) => "counter",
-            Custom::Gauge(_) => "gauge",
-            Custom::Histogram(_) => "distribution",
+            Custom::Counter(_) => Kind::Counter,
+            Custom::Gauge(_) => Kind::Gauge,
+            Custom::Histogram(_) => Kind::Histogram,
         }
+    }
+}
+
+/// Who owns which names of the exposition. A namespace belongs to the first plugin
+/// (by directory) that claims it, for the life of the process; every family's sample
+/// names are taken once; and a handler metric may neither be nor end in one of the
+/// host's per-plugin families (`x_num_inferences` is refused), so no handler can
+/// write into, or squat on, the host's series of any namespace.
+#[derive(Default)]
+struct Names {
+    /// Namespace prefix (`-` mapped to `_`) → owner and its RunInference metrics.
+    namespaces: HashMap<String, (String, Arc<PluginMetrics>)>,
+    /// Handler metrics by full name.
+    custom: HashMap<String, Custom>,
+    /// Handler metrics per namespace prefix, against the plugin's cap.
+    custom_count: HashMap<String, usize>,
+    /// Every sample name in the exposition.
+    exposed: HashSet<String>,
+}
+
+impl Names {
+    /// Takes the sample names of a new family, all or none.
+    fn take(&mut self, family: &str, kind: Kind) -> Result<(), Refused> {
+        let names = kind.exposed(family);
+        if let Some(taken) = names.iter().find(|n| self.exposed.contains(*n)) {
+            return Err(Refused(format!(
+                "metric `{family}` would expose `{taken}`, which another metric already exposes"
+            )));
+        }
+        self.exposed.extend(names);
+        Ok(())
     }
 }
 
 /// The host's metrics.
 pub struct Metrics {
     registry: Mutex<Registry>,
-    custom: Mutex<HashMap<String, Custom>>,
-    plugins: Mutex<HashMap<String, Arc<PluginMetrics>>>,
+    names: Mutex<Names>,
     model_loads: Counter,
     model_evictions: Counter,
     plugin_load_failures: Counter,
     model_refresh_failures: Counter,
 }
 
+/// Prefix of the host-wide metrics; no namespace may take it.
+const HOST_PREFIX: &str = "runinfer";
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::default();
+        let mut names = Names::default();
         let model_loads = Counter::default();
         let model_evictions = Counter::default();
-        registry.register(
-            "runinfer_model_loads",
-            "Model files loaded by the host (not found already loaded)",
-            model_loads.clone(),
-        );
-        registry.register(
-            "runinfer_model_evictions",
-            "Per-key model sets evicted by the LRU cap",
-            model_evictions.clone(),
-        );
         let plugin_load_failures = Counter::default();
         let model_refresh_failures = Counter::default();
-        registry.register(
-            "runinfer_plugin_load_failures",
-            "Plugin directories that failed to load (each version once)",
-            plugin_load_failures.clone(),
-        );
-        registry.register(
-            "runinfer_model_refresh_failures",
-            "Model refreshes that failed (the old model kept serving)",
-            model_refresh_failures.clone(),
-        );
+        for (name, help, counter) in [
+            (
+                "runinfer_model_loads",
+                "Model files loaded by the host (not found already loaded)",
+                &model_loads,
+            ),
+            (
+                "runinfer_model_evictions",
+                "Per-key model sets evicted by the LRU cap",
+                &model_evictions,
+            ),
+            (
+                "runinfer_plugin_load_failures",
+                "Plugin directories that failed to load (each version once)",
+                &plugin_load_failures,
+            ),
+            (
+                "runinfer_model_refresh_failures",
+                "Model refreshes that failed (the old model kept serving)",
+                &model_refresh_failures,
+            ),
+        ] {
+            names
+                .take(name, Kind::Counter)
+                .expect("the host's own names are distinct");
+            registry.register(name, help, counter.clone());
+        }
         Metrics {
             registry: Mutex::new(registry),
-            custom: Mutex::default(),
-            plugins: Mutex::default(),
+            names: Mutex::new(names),
             model_loads,
             model_evictions,
             plugin_load_failures,
@@ -258,25 +369,13 @@ impl Default for Metrics {
     }
 }
 
-/// A metric name the handler may use: `[a-zA-Z_][a-zA-Z0-9_]*`, at most 64 bytes.
-fn check_metric_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid metric name {name:?}: expected 1-64 letters, digits or `_`, not starting with a digit"
-        ))
-    }
-}
-
 /// The Prometheus prefix for a namespace (`my-plugin` -> `my_plugin`).
 pub fn prefix(namespace: &str) -> String {
     namespace.replace('-', "_")
 }
+
+/// Longest handler metric name.
+const MAX_METRIC_NAME: usize = 64;
 
 impl Metrics {
     /// An empty set of metrics.
@@ -284,42 +383,120 @@ impl Metrics {
         Self::default()
     }
 
+    fn names(&self) -> std::sync::MutexGuard<'_, Names> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `namespace` for `owner` (a plugin's identity: its directory) and
+    /// returns its RunInference metrics, registered with every family on first claim.
+    /// The same owner may claim its namespace again (a new version, a model refresh);
+    /// another owner, the host's `runinfer` prefix and names outside the metric
+    /// alphabet are refused.
+    pub fn plugin(&self, namespace: &str, owner: &str) -> Result<Arc<PluginMetrics>, Refused> {
+        let ns = prefix(namespace);
+        check_metric_name("metrics namespace", &ns, MAX_NAMESPACE_BYTES)?;
+        if ns == HOST_PREFIX || ns.starts_with(&format!("{HOST_PREFIX}_")) {
+            return Err(Refused(format!(
+                "metrics namespace `{ns}`: the prefix `{HOST_PREFIX}` is the host's own"
+            )));
+        }
+        let mut names = self.names();
+        if let Some((claimed_by, metrics)) = names.namespaces.get(&ns) {
+            return if claimed_by == owner {
+                Ok(metrics.clone())
+            } else {
+                Err(Refused(format!(
+                    "metrics namespace `{ns}` belongs to another plugin ({claimed_by}); set `metrics_namespace` (or `tenant`) in plugin.toml"
+                )))
+            };
+        }
+        let families: Vec<(String, Kind)> = PLUGIN_FAMILIES
+            .iter()
+            .map(|(name, kind)| (format!("{ns}_{name}"), *kind))
+            .collect();
+        for (i, (family, kind)) in families.iter().enumerate() {
+            if let Err(e) = names.take(family, *kind) {
+                for (taken, kind) in &families[..i] {
+                    for name in kind.exposed(taken) {
+                        names.exposed.remove(&name);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let metrics = Arc::new(PluginMetrics::register(
+            registry.sub_registry_with_prefix(&ns),
+        ));
+        names
+            .namespaces
+            .insert(ns, (owner.to_string(), metrics.clone()));
+        Ok(metrics)
+    }
+
+    /// The handler metric `name` of `namespace` (a claimed one), created as `kind` on
+    /// first use if the plugin has fewer than `cap` handler metrics.
     fn custom(
         &self,
         namespace: &str,
         name: &str,
-        make: impl FnOnce() -> Custom,
-    ) -> Result<Custom, String> {
-        check_metric_name(name)?;
-        let full = format!("{}_{name}", prefix(namespace));
-        let mut custom = self.custom.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(existing) = custom.get(&full) {
-            return Ok(existing.clone());
+        kind: Kind,
+        cap: usize,
+    ) -> Result<Custom, Refused> {
+        check_metric_name("metric name", name, MAX_METRIC_NAME)?;
+        let ns = prefix(namespace);
+        let full = format!("{ns}_{name}");
+        let mut names = self.names();
+        if let Some(existing) = names.custom.get(&full) {
+            return if existing.kind() == kind {
+                Ok(existing.clone())
+            } else {
+                Err(Refused(format!(
+                    "metric `{name}` is a {}, not a {}",
+                    existing.kind().name(),
+                    kind.name()
+                )))
+            };
         }
-        let metric = make();
+        // Neither one of the host's families of this namespace nor, as a suffix, of a
+        // longer one (`twin_num_inferences` under `iris` is `iris_twin`'s).
+        let exposed = kind.exposed(name);
+        if let Some((reserved, _)) = PLUGIN_FAMILIES.iter().find(|(reserved, reserved_kind)| {
+            reserved_kind.exposed(reserved).iter().any(|host| {
+                exposed
+                    .iter()
+                    .any(|n| n == host || n.ends_with(&format!("_{host}")))
+            })
+        }) {
+            return Err(Refused(format!(
+                "metric name `{name}` is reserved: the host records `{reserved}` for every plugin"
+            )));
+        }
+        let count = names.custom_count.get(&ns).copied().unwrap_or(0);
+        if count >= cap {
+            return Err(Refused(format!(
+                "metric `{name}` would be this plugin's metric number {}, more than limits.max_custom_metrics ({cap})",
+                count + 1
+            )));
+        }
+        names.take(&full, kind)?;
+        let metric = match kind {
+            Kind::Counter => Custom::Counter(Counter::default()),
+            Kind::Gauge => Custom::Gauge(Gauge::default()),
+            Kind::Histogram => {
+                Custom::Histogram(Histogram::new(exponential_buckets(0.001, 4.0, 14)))
+            }
+        };
         let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let help = format!("Handler metric `{name}` of namespace `{namespace}`");
+        let help = format!("Handler metric `{name}` of namespace `{ns}`");
         match metric.clone() {
             Custom::Counter(m) => registry.register(&full, help, m),
             Custom::Gauge(m) => registry.register(&full, help, m),
             Custom::Histogram(m) => registry.register(&full, help, m),
         }
-        custom.insert(full, metric.clone());
+        names.custom.insert(full, metric.clone());
+        *names.custom_count.entry(ns).or_default() += 1;
         Ok(metric)
-    }
-
-    /// The RunInference metrics of `namespace`, registered on first use.
-    pub fn plugin(&self, namespace: &str) -> Arc<PluginMetrics> {
-        let mut plugins = self.plugins.lock().unwrap_or_else(|e| e.into_inner());
-        plugins
-            .entry(namespace.to_string())
-            .or_insert_with(|| {
-                let mut registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-                Arc::new(PluginMetrics::register(
-                    registry.sub_registry_with_prefix(prefix(namespace)),
-                ))
-            })
-            .clone()
     }
 
     /// The counter of model file loads (shared with the model registry).
@@ -340,49 +517,64 @@ impl Metrics {
         self.model_evictions.inc();
     }
 
-    /// Adds to a handler counter.
-    pub fn counter_add(&self, namespace: &str, name: &str, delta: u64) -> Result<(), String> {
-        match self.custom(namespace, name, || Custom::Counter(Counter::default()))? {
-            Custom::Counter(c) => {
-                c.inc_by(delta);
-                Ok(())
-            }
-            other => Err(mismatch(name, other.kind(), "counter")),
+    /// Adds to a handler counter (refused if it would overflow: a counter never
+    /// wraps).
+    pub fn counter_add(
+        &self,
+        namespace: &str,
+        name: &str,
+        delta: u64,
+        cap: usize,
+    ) -> Result<(), Refused> {
+        let Custom::Counter(c) = self.custom(namespace, name, Kind::Counter, cap)? else {
+            unreachable!("custom() returns the kind asked for");
+        };
+        if c.get().checked_add(delta).is_none() {
+            return Err(Refused(format!(
+                "counter `{name}` would overflow (at {}, adding {delta})",
+                c.get()
+            )));
         }
+        c.inc_by(delta);
+        Ok(())
     }
 
-    /// Sets a handler gauge.
-    pub fn gauge_set(&self, namespace: &str, name: &str, value: f64) -> Result<(), String> {
-        match self.custom(namespace, name, || Custom::Gauge(Gauge::default()))? {
-            Custom::Gauge(g) => {
-                g.set(value);
-                Ok(())
-            }
-            other => Err(mismatch(name, other.kind(), "gauge")),
-        }
+    /// Sets a handler gauge (finite values only).
+    pub fn gauge_set(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: f64,
+        cap: usize,
+    ) -> Result<(), Refused> {
+        finite(name, value)?;
+        let Custom::Gauge(g) = self.custom(namespace, name, Kind::Gauge, cap)? else {
+            unreachable!("custom() returns the kind asked for");
+        };
+        g.set(value);
+        Ok(())
     }
 
-    /// Records one observation of a handler distribution.
-    pub fn observe(&self, namespace: &str, name: &str, value: f64) -> Result<(), String> {
-        let make = || Custom::Histogram(Histogram::new(exponential_buckets(0.001, 4.0, 14)));
-        match self.custom(namespace, name, make)? {
-            Custom::Histogram(h) => {
-                h.observe(value);
-                Ok(())
-            }
-            other => Err(mismatch(name, other.kind(), "distribution")),
-        }
+    /// Records one observation of a handler distribution (finite values only).
+    pub fn observe(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: f64,
+        cap: usize,
+    ) -> Result<(), Refused> {
+        finite(name, value)?;
+        let Custom::Histogram(h) = self.custom(namespace, name, Kind::Histogram, cap)? else {
+            unreachable!("custom() returns the kind asked for");
+        };
+        h.observe(value);
+        Ok(())
     }
 
     /// The current value of a handler counter, if it exists.
     pub fn counter_value(&self, namespace: &str, name: &str) -> Option<u64> {
         let full = format!("{}_{name}", prefix(namespace));
-        match self
-            .custom
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&full)
-        {
+        match self.names().custom.get(&full) {
             Some(Custom::Counter(c)) => Some(c.get()),
             _ => None,
         }
@@ -398,28 +590,123 @@ impl Metrics {
     }
 }
 
-fn mismatch(name: &str, is: &str, used_as: &str) -> String {
-    format!("metric `{name}` is a {is}, not a {used_as}")
+/// A handler's value must be finite: a NaN or infinite observation leaves a histogram
+/// whose count and buckets disagree, and strict parsers reject the scrape.
+fn finite(name: &str, value: f64) -> Result<(), Refused> {
+    if value.is_finite() {
+        Ok(())
+    } else {
+        Err(Refused(format!(
+            "metric `{name}`: {value} is not a finite number"
+        )))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const CAP: usize = 64;
+
     #[test]
     fn handler_metrics_are_namespaced_and_typed() {
         let m = Metrics::new();
-        m.counter_add("my-plugin", "words", 3).unwrap();
-        m.counter_add("my-plugin", "words", 4).unwrap();
+        m.plugin("my-plugin", "a").unwrap();
+        m.counter_add("my-plugin", "words", 3, CAP).unwrap();
+        m.counter_add("my-plugin", "words", 4, CAP).unwrap();
         assert_eq!(m.counter_value("my-plugin", "words"), Some(7));
         assert_eq!(
-            m.gauge_set("my-plugin", "words", 1.0).unwrap_err(),
+            m.gauge_set("my-plugin", "words", 1.0, CAP).unwrap_err().0,
             "metric `words` is a counter, not a gauge"
         );
-        assert!(m.counter_add("my-plugin", "bad name", 1).is_err());
-        m.observe("other", "latency", 0.5).unwrap();
+        assert!(m.counter_add("my-plugin", "bad name", 1, CAP).is_err());
+        m.plugin("other", "b").unwrap();
+        m.observe("other", "latency", 0.5, CAP).unwrap();
         let text = m.encode();
         assert!(text.contains("my_plugin_words_total 7"), "{text}");
         assert!(text.contains("other_latency_count 1"), "{text}");
+    }
+
+    #[test]
+    fn namespaces_belong_to_one_plugin_and_never_nest() {
+        let m = Metrics::new();
+        m.plugin("iris", "plugins/iris").unwrap();
+        m.plugin("iris", "plugins/iris")
+            .expect("the owner may claim it again");
+        let taken = m.plugin("iris", "plugins/thief").err().unwrap().0;
+        assert!(
+            taken.contains("belongs to another plugin (plugins/iris)"),
+            "{taken}"
+        );
+        // A longer namespace is another one: its series cannot meet iris's.
+        m.plugin("iris_twin", "plugins/iris-twin").unwrap();
+        assert!(
+            m.counter_add("iris", "twin_num_inferences", 1, CAP)
+                .unwrap_err()
+                .0
+                .contains("is reserved")
+        );
+        for bad in ["runinfer", "runinfer_x", "a\nb", "9x", ""] {
+            assert!(m.plugin(bad, "plugins/thief").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn handler_metrics_cannot_shadow_the_hosts_or_grow_without_bound() {
+        let m = Metrics::new();
+        m.plugin("ns", "a").unwrap();
+        for (name, kind) in [
+            ("num_inferences", "counter"),
+            ("num_inferences_total", "gauge"),
+        ] {
+            let e = if kind == "counter" {
+                m.counter_add("ns", name, 1, CAP)
+            } else {
+                m.gauge_set("ns", name, 1.0, CAP)
+            };
+            assert!(e.unwrap_err().0.contains("is reserved"), "{name}");
+        }
+        m.counter_add("ns", "x", 1, CAP).unwrap();
+        assert!(
+            m.gauge_set("ns", "x_total", 1.0, CAP)
+                .unwrap_err()
+                .0
+                .contains("already exposes")
+        );
+        for value in [f64::INFINITY, f64::NAN, f64::NEG_INFINITY] {
+            assert!(m.observe("ns", "h", value, CAP).is_err());
+            assert!(m.gauge_set("ns", "g", value, CAP).is_err());
+        }
+        assert!(
+            m.counter_add("ns", "x", u64::MAX, CAP)
+                .unwrap_err()
+                .0
+                .contains("overflow")
+        );
+        for i in 1..3 {
+            m.counter_add("ns", &format!("c{i}"), 1, 3).unwrap();
+        }
+        assert!(
+            m.counter_add("ns", "c3", 1, 3)
+                .unwrap_err()
+                .0
+                .contains("max_custom_metrics (3)")
+        );
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let m = Metrics::new();
+        let p = m.plugin("ns", "a").unwrap();
+        p.model_loaded("m\"} 1\nforged_total 9\n", 1, Duration::from_millis(1));
+        let text = m.encode();
+        assert!(
+            !text.lines().any(|l| l.starts_with("forged_total")),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"ns_num_inferences_total{model_id="m\"} 1\nforged_total 9\n"} 0"#),
+            "{text}"
+        );
     }
 }

@@ -152,7 +152,15 @@ impl Plugin {
         let first_instance = start.elapsed();
         let info = first.info().clone();
         let namespace = first.namespace().to_string();
-        let metrics = inner.metrics.plugin(&namespace);
+        // Claimed by the first instance already; this only looks it up.
+        let metrics = inner
+            .metrics
+            .plugin(&namespace, &env.owner())
+            .map_err(|e| PluginError::Start {
+                plugin: plugin.clone(),
+                stage: "init",
+                source: InferenceError::new(ErrorCode::InvalidInput, e.0),
+            })?;
         let base = Arc::new(ModelSet {
             model_id: model_id(&env),
             env,

@@ -94,13 +94,14 @@ pub fn dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOption
             adaptive_target: options.adaptive_batch_latency,
         },
         instances,
-        queue_capacity: plugin
-            .manifest()
-            .limits
-            .queue_size
-            .map_or((batching.max_batch_size * instances * 2).max(1024), |q| {
-                q as usize
-            }),
+        queue_capacity: plugin.manifest().limits.queue_size.map_or(
+            batching
+                .max_batch_size
+                .saturating_mul(instances)
+                .saturating_mul(2)
+                .clamp(1024, crate::manifest::MAX_QUEUE_SIZE as usize),
+            |q| q as usize,
+        ),
         inference_args: options.inference_args.clone(),
     }
 }

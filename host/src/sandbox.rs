@@ -44,7 +44,9 @@ impl OutputTail {
         let start = (start..text.len())
             .find(|&i| text.is_char_boundary(i))
             .unwrap_or(0);
-        Some(text[start..].replace('\n', " | "))
+        // What a guest printed reaches logs and `runinfer list`: escaped, like its
+        // log lines.
+        Some(crate::untrusted::escape_control(&text[start..].replace('\n', " | ")).into_owned())
     }
 }
 

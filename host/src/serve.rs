@@ -331,6 +331,8 @@ fn examples(
     input: &RequestTensor,
     binary: Option<&[u8]>,
     kind: &InputKind,
+    max_rows: usize,
+    model: &str,
 ) -> Result<Vec<Value>, ApiError> {
     let name = &input.name;
     let shape: Vec<usize> = input
@@ -346,6 +348,21 @@ fn examples(
             "input '{name}': the shape needs a batch dimension"
         )));
     };
+    if rows > max_rows {
+        // Waiting cannot help: this request never fits. Checked before anything is
+        // decoded, since rows are allocated one by one.
+        return Err(bad_request(format!(
+            "{rows} rows are more than model '{model}' queues at once ({max_rows}, `[limits] queue_size`); split the request"
+        )));
+    }
+    // Every size below is computed from the client's shape: checked, never wrapped.
+    let too_large = || {
+        bad_request(format!(
+            "input '{name}': shape {:?} is too large",
+            input.shape
+        ))
+    };
+    let values_needed = crate::tensor::volume(&shape).ok_or_else(too_large)?;
     let json_data = || {
         let mut flat = Vec::new();
         match &input.data {
@@ -370,7 +387,7 @@ fn examples(
             Some(raw) => Tensor::from_bytes(*dtype, shape.clone(), raw.to_vec()),
             None => {
                 let data = json_data()?;
-                let needed: usize = shape.iter().product();
+                let needed = values_needed;
                 if data.len() != needed {
                     return Err(bad_request(format!(
                         "input '{name}': shape {:?} needs {needed} values, got {}",
@@ -412,8 +429,8 @@ fn examples(
             })
             .collect::<Result<_, _>>()?,
     };
-    let row_len: usize = row_shape.iter().product();
-    if elements.len() != rows * row_len || row_len != 1 {
+    let row_len = crate::tensor::volume(row_shape).ok_or_else(too_large)?;
+    if elements.len() != rows.saturating_mul(row_len) || row_len != 1 {
         return Err(bad_request(format!(
             "input '{name}': BYTES examples need shape [N] (or [N, 1]) with N elements; shape {:?} with {} elements",
             input.shape,
@@ -629,14 +646,17 @@ fn respond(
         .into_response())
 }
 
-async fn run_infer(
-    state: &AppState,
-    name: &str,
-    version: Option<&str>,
+/// Decodes an inference request (its JSON part and, with the binary tensor data
+/// extension, the bytes after it) into the request and its examples, one per row,
+/// refusing more than `max_rows` rows before any is decoded. Everything here is the
+/// client's: sizes and shapes are checked, never trusted.
+fn decode_request(
     headers: &HeaderMap,
     body: &[u8],
-) -> ApiResult {
-    let live = live(state, name, version)?;
+    kind: &InputKind,
+    max_rows: usize,
+    name: &str,
+) -> Result<(InferRequest, Vec<Value>), ApiError> {
     let (json_part, mut binary) = split_body(headers, body)?;
     let request: InferRequest = serde_json::from_slice(json_part)
         .map_err(|e| bad_request(format!("malformed request: {e}")))?;
@@ -671,7 +691,39 @@ async fn run_infer(
             binary.len()
         )));
     }
-    let examples = examples(input, raw, &live.plugin.info().input)?;
+    let examples = examples(input, raw, kind, max_rows, name)?;
+    Ok((request, examples))
+}
+
+/// [`decode_request`] for the fuzz targets: `header_length` is the
+/// `Inference-Header-Content-Length` header, if sent.
+#[doc(hidden)]
+pub fn fuzz_decode_request(
+    header_length: Option<&str>,
+    body: &[u8],
+    kind: &InputKind,
+    max_rows: usize,
+) -> Result<Vec<Value>, String> {
+    let mut headers = HeaderMap::new();
+    if let Some(length) = header_length.and_then(|l| l.parse().ok()) {
+        headers.insert(HEADER_LENGTH, length);
+    }
+    decode_request(&headers, body, kind, max_rows, "fuzz")
+        .map(|(_, examples)| examples)
+        .map_err(|e| e.1)
+}
+
+async fn run_infer(
+    state: &AppState,
+    name: &str,
+    version: Option<&str>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult {
+    let live = live(state, name, version)?;
+    let capacity = live.dispatcher.options().queue_capacity;
+    let (request, examples) =
+        decode_request(headers, body, &live.plugin.info().input, capacity, name)?;
     let limit = live
         .plugin
         .manifest()
@@ -686,14 +738,6 @@ async fn run_infer(
         Some(micros) => limit.min(Duration::from_micros(micros)),
         None => limit,
     };
-    let capacity = live.dispatcher.options().queue_capacity;
-    if examples.len() > capacity {
-        // Waiting cannot help: this request never fits.
-        return Err(bad_request(format!(
-            "{} rows are more than model '{name}' queues at once ({capacity}, `[limits] queue_size`); split the request",
-            examples.len()
-        )));
-    }
     let replies = live.dispatcher.try_submit_all(examples).map_err(|full| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -750,4 +794,67 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iris() -> InputKind {
+        InputKind::Tensor {
+            dtype: DType::F32,
+            shape: Some(vec![Some(4)]),
+        }
+    }
+
+    fn decode(body: JsonValue, kind: &InputKind) -> Result<Vec<Value>, String> {
+        fuzz_decode_request(None, body.to_string().as_bytes(), kind, 1024)
+    }
+
+    #[test]
+    fn shapes_from_clients_are_checked_not_wrapped() {
+        let free = InputKind::Tensor {
+            dtype: DType::F32,
+            shape: Some(vec![None, None]),
+        };
+        for (shape, why) in [
+            (
+                json!([4611686018427387904u64, 4]),
+                "more than model 'fuzz' queues at once",
+            ),
+            (
+                json!([1, 4611686018427387904u64, 4611686018427387904u64]),
+                "is too large",
+            ),
+            (
+                json!([1, 1099511627776u64, 0]),
+                "describes more than 65536 empty arrays",
+            ),
+            (json!([-1, 4]), "bad shape"),
+        ] {
+            let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": shape, "data": []}]});
+            let error = decode(body, &free).unwrap_err();
+            assert!(error.contains(why), "{shape}: {error}");
+        }
+        let body = json!({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1, 4611686018427387904u64, 4], "data": []}]});
+        assert!(
+            decode(body, &InputKind::Text)
+                .unwrap_err()
+                .contains("is too large")
+        );
+    }
+
+    #[test]
+    fn rows_of_a_request_become_examples() {
+        let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [1, 2, 3, 4, 5, 6, 7, 8]}]});
+        assert_eq!(decode(body, &iris()).unwrap().len(), 2);
+        // Rows without data are still one example each.
+        let free = InputKind::Tensor {
+            dtype: DType::F32,
+            shape: Some(vec![None]),
+        };
+        let body =
+            json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 0], "data": []}]});
+        assert_eq!(decode(body, &free).unwrap().len(), 3);
+    }
 }

@@ -116,8 +116,45 @@ impl fmt::Debug for Tensor {
 }
 
 /// Number of elements of a shape, or `None` on overflow.
-fn volume(shape: &[usize]) -> Option<usize> {
+pub fn volume(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+}
+
+/// Most dimensions of a tensor (numpy's classic limit): every nesting level is a
+/// JSON array level when the tensor is written out.
+pub const MAX_RANK: usize = 32;
+
+/// Most nested arrays an empty tensor may describe: a shape like `[2^40, 0]` holds no
+/// data, yet would be written out (or unstacked) as 2^40 empty rows.
+pub const MAX_EMPTY_STRUCTURE: usize = 1 << 16;
+
+/// Host bytes counted for each tensor beyond its data (the tensor itself, its shape,
+/// its table entry and handle), so that many tiny or empty tensors are not free.
+const TENSOR_OVERHEAD: usize = 256;
+
+/// The product of the non-zero dimensions (saturating): how many arrays and values a
+/// shape describes when written out, whatever its data.
+fn structure(shape: &[usize]) -> usize {
+    shape
+        .iter()
+        .filter(|&&d| d != 0)
+        .fold(1usize, |acc, &d| acc.saturating_mul(d))
+}
+
+/// Checks a shape's rank and, for an empty tensor, how much structure it describes.
+fn check_shape(shape: &[usize], len: usize) -> Result<(), TensorError> {
+    if shape.len() > MAX_RANK {
+        return Err(TensorError::Invalid(format!(
+            "a tensor has at most {MAX_RANK} dimensions, got {}",
+            shape.len()
+        )));
+    }
+    if len == 0 && structure(shape) > MAX_EMPTY_STRUCTURE {
+        return Err(TensorError::Invalid(format!(
+            "shape {shape:?} describes more than {MAX_EMPTY_STRUCTURE} empty arrays"
+        )));
+    }
+    Ok(())
 }
 
 impl Tensor {
@@ -134,6 +171,7 @@ impl Tensor {
                 actual: data.len(),
             });
         }
+        check_shape(&shape, expected)?;
         if dtype == DType::Boolean && data.iter().any(|&b| b > 1) {
             return Err(TensorError::Invalid(
                 "boolean tensor bytes must be 0 or 1".into(),
@@ -171,6 +209,29 @@ impl Tensor {
     /// True for a tensor with no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
+    }
+
+    /// Host memory the tensor stands for, for the sandbox's caps: its bytes or, for a
+    /// tensor of many empty rows, its structure, plus a fixed overhead.
+    pub fn footprint(&self) -> usize {
+        self.data
+            .len()
+            .max(structure(&self.shape))
+            .saturating_add(TENSOR_OVERHEAD)
+    }
+
+    /// The combined [`Tensor::footprint`] of the rows [`Tensor::unstack`] would make,
+    /// known before they are made.
+    pub fn unstacked_footprint(&self) -> usize {
+        let Some((&rows, inner)) = self.shape.split_first() else {
+            return 0;
+        };
+        let row_bytes = self.data.len().checked_div(rows).unwrap_or(0);
+        rows.saturating_mul(
+            row_bytes
+                .max(structure(inner))
+                .saturating_add(TENSOR_OVERHEAD),
+        )
     }
 
     /// Takes the dtype, shape and bytes apart.
@@ -262,6 +323,7 @@ impl Tensor {
         let mut stacked_shape = Vec::with_capacity(shape.len() + 1);
         stacked_shape.push(count);
         stacked_shape.extend_from_slice(&shape);
+        check_shape(&stacked_shape, data.len())?;
         Ok(Tensor {
             dtype,
             shape: stacked_shape,
@@ -279,18 +341,13 @@ impl Tensor {
             return Ok(Vec::new());
         }
         let row_bytes = self.data.len() / rows;
-        Ok(self
-            .data
-            .chunks_exact(row_bytes.max(1))
-            .take(rows)
-            .map(|chunk| Tensor {
+        // One tensor per row, also when rows hold no data (a `[3, 0]` tensor has three
+        // empty rows).
+        Ok((0..rows)
+            .map(|i| Tensor {
                 dtype: self.dtype,
                 shape: inner.to_vec(),
-                data: if row_bytes == 0 {
-                    Vec::new()
-                } else {
-                    chunk.to_vec()
-                },
+                data: self.data[i * row_bytes..(i + 1) * row_bytes].to_vec(),
             })
             .collect())
     }
@@ -492,6 +549,38 @@ impl Serialize for NestedRows<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn rows_without_data_are_still_one_tensor_per_row() {
+        let t = Tensor::from_bytes(DType::F32, vec![3, 0], Vec::new()).unwrap();
+        let rows = t.unstack().unwrap();
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().all(|r| r.shape() == [0] && r.is_empty()));
+        assert_eq!(serde_json::to_string(&t).unwrap(), "[[],[],[]]");
+    }
+
+    #[test]
+    fn shapes_that_describe_more_than_they_hold_are_refused() {
+        let huge_empty = Tensor::from_bytes(DType::F32, vec![1 << 40, 0], Vec::new());
+        assert!(
+            huge_empty
+                .unwrap_err()
+                .to_string()
+                .contains("describes more than 65536 empty arrays")
+        );
+        let deep = Tensor::from_bytes(DType::U8, vec![1; MAX_RANK + 1], vec![0]);
+        assert!(
+            deep.unwrap_err()
+                .to_string()
+                .contains("at most 32 dimensions")
+        );
+        let overflow = Tensor::from_bytes(DType::F32, vec![1 << 62, 1 << 62], Vec::new());
+        assert!(overflow.unwrap_err().to_string().contains("too large"));
+        // Empty rows are not free for the sandbox's accounting.
+        let t = Tensor::from_bytes(DType::F32, vec![1 << 16, 0], Vec::new()).unwrap();
+        assert!(t.footprint() >= 1 << 16);
+        assert!(t.unstacked_footprint() >= (1 << 16) * 256);
+    }
 
     #[test]
     fn nested_json_round_trips_with_shortest_floats() {

@@ -58,4 +58,17 @@ impl Value {
             Value::Bytes(bytes) => bytes.len(),
         }
     }
+
+    /// What the value costs the host to hold and write out, for the sandbox's caps:
+    /// like [`Value::byte_size`], but a tensor counts its [`Tensor::footprint`] and
+    /// named tensors their names too.
+    pub fn footprint(&self) -> usize {
+        match self {
+            Value::Tensor(t) => t.footprint(),
+            Value::Tensors(named) => named.iter().fold(0usize, |sum, (name, t)| {
+                sum.saturating_add(name.len()).saturating_add(t.footprint())
+            }),
+            other => other.byte_size(),
+        }
+    }
 }

@@ -393,3 +393,76 @@ fn backend_flag_runs_models_on_onnxruntime() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown backend `onnx`"), "{stderr}");
 }
+
+/// A plugin root in a temporary directory holding the hostile test handler.
+fn hostile_root(manifest_extra: &str) -> tempfile::TempDir {
+    let root_dir = tempfile::tempdir().unwrap();
+    let dir = root_dir.path().join("hostile");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(
+        root().join("tests/plugins/hostile/hostile.wasm"),
+        dir.join("hostile.wasm"),
+    )
+    .expect("built by host/build.rs");
+    std::fs::write(
+        dir.join("plugin.toml"),
+        format!("name = \"hostile\"\ncomponent = \"hostile.wasm\"\n{manifest_extra}"),
+    )
+    .unwrap();
+    root_dir
+}
+
+#[test]
+fn guest_logs_are_rate_limited_escaped_and_never_pass_for_dead_letters() {
+    let plugins = hostile_root("[limits]\ninstances = 1\n");
+    let mut child = runinfer()
+        .args(["run", "hostile", "--max-batch-size", "1", "--plugins"])
+        .arg(plugins.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"\"log-forge\"\n\"log-flood\"\n\"ok\"\n")
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    // 200,000 messages of ~40 bytes were sent: the limit (100 a second) lets through
+    // a few hundred lines at most.
+    assert!(
+        out.stderr.len() < 256 * 1024,
+        "{} bytes of stderr",
+        out.stderr.len()
+    );
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "a terminal escape reached stderr"
+    );
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("guest log messages dropped"), "{stderr}");
+    // The only dead-letter-shaped lines are real dead letters (there are none here).
+    for line in stderr.lines() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_err(),
+            "a guest forged a JSON line: {line}"
+        );
+        if line.contains("forged") {
+            assert!(line.contains("runinfer::guest"), "unmarked: {line}");
+            assert!(line.contains(r#"forged\n{"line":7"#), "escaped: {line}");
+        }
+    }
+    assert!(
+        stderr.contains("3 lines -> 3 predictions, 0 dead letters"),
+        "{stderr}"
+    );
+}

@@ -26,60 +26,159 @@ fn client_python() -> PathBuf {
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
 }
 
+/// `runinfer serve` on a free port, with its stderr read until it says where.
+struct Server {
+    child: std::process::Child,
+    address: String,
+    log: String,
+    drain: std::thread::JoinHandle<String>,
+}
+
+impl Server {
+    fn start(extra: &[&std::ffi::OsStr]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runinfer"))
+            .args(["serve", "--port", "0", "--no-watch"])
+            .args(extra)
+            .current_dir(root())
+            .env(
+                "RUNINFER_CACHE_DIR",
+                root().join("target/test-compile-cache"),
+            )
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // "runinfer: serving <root> on http://127.0.0.1:PORT"
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut log = String::new();
+        let address = loop {
+            let mut line = String::new();
+            if stderr.read_line(&mut line).unwrap() == 0 {
+                panic!("runinfer serve exited before listening:\n{log}");
+            }
+            log.push_str(&line);
+            if let Some((_, address)) = line.trim().rsplit_once(" on http://") {
+                break address.to_string();
+            }
+        };
+        let drain = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+            rest
+        });
+        Server {
+            child,
+            address,
+            log,
+            drain,
+        }
+    }
+
+    /// Runs a client script with the server's address and the repository root.
+    fn client(&self, python: &std::path::Path, script: &str) -> std::process::Output {
+        Command::new(python)
+            .arg(root().join(script))
+            .arg(&self.address)
+            .arg(root())
+            .output()
+            .unwrap()
+    }
+
+    /// SIGTERM, which must end the process with success; returns its whole stderr.
+    fn stop(mut self) -> String {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        let log = self.log + &self.drain.join().unwrap();
+        assert!(status.success(), "serve exited with {status}:\n{log}");
+        log
+    }
+}
+
 #[test]
 fn tritonclient_and_prometheus_client_against_runinfer_serve() {
     let python = client_python();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_runinfer"))
-        .args(["serve", "--port", "0", "--no-watch"])
-        .current_dir(root())
-        .env(
-            "RUNINFER_CACHE_DIR",
-            root().join("target/test-compile-cache"),
-        )
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // "runinfer: serving <root> on http://127.0.0.1:PORT"
-    let mut stderr = BufReader::new(server.stderr.take().unwrap());
-    let mut log = String::new();
-    let address = loop {
-        let mut line = String::new();
-        if stderr.read_line(&mut line).unwrap() == 0 {
-            panic!("runinfer serve exited before listening:\n{log}");
-        }
-        log.push_str(&line);
-        if let Some((_, address)) = line.trim().rsplit_once(" on http://") {
-            break address.to_string();
-        }
-    };
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-        rest
-    });
-
-    let client = Command::new(&python)
-        .arg(root().join("tests/python/oip_client.py"))
-        .arg(&address)
-        .arg(root())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&client.stdout);
-
-    // Graceful shutdown: SIGTERM ends the process with success.
-    let killed = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = server.wait().unwrap();
-    let rest = drain.join().unwrap();
+    let server = Server::start(&[]);
+    let client = server.client(&python, "tests/python/oip_client.py");
+    let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
+    let log = server.stop();
     assert!(
         client.status.success(),
-        "client failed:\n{stdout}\n{}\nserver log:\n{log}{rest}",
+        "client failed:\n{stdout}\n{}\nserver log:\n{log}",
         String::from_utf8_lossy(&client.stderr)
     );
     assert!(stdout.ends_with("ok\n"), "{stdout}");
-    assert!(status.success(), "serve exited with {status}:\n{log}{rest}");
+    println!("{stdout}");
+}
+
+/// Copies a plugin directory's files (not its sources) into `to`, with `manifest`.
+fn plugin_copy(from: &std::path::Path, component: &str, to: &std::path::Path, manifest: &str) {
+    std::fs::create_dir_all(to.join("models")).unwrap();
+    std::fs::copy(from.join(component), to.join(component)).expect("built by host/build.rs");
+    if let Ok(models) = std::fs::read_dir(from.join("models")) {
+        for model in models {
+            let model = model.unwrap();
+            std::fs::copy(model.path(), to.join("models").join(model.file_name())).unwrap();
+        }
+    }
+    std::fs::write(to.join("plugin.toml"), manifest).unwrap();
+}
+
+#[test]
+fn a_hostile_tenant_cannot_take_down_the_server_the_scrape_or_its_neighbour() {
+    let python = client_python();
+    let plugins = tempfile::tempdir().unwrap();
+    let iris = root().join("plugins/iris");
+    plugin_copy(
+        &iris,
+        "iris.wasm",
+        &plugins.path().join("iris"),
+        &std::fs::read_to_string(iris.join("plugin.toml")).unwrap(),
+    );
+    let hostile = root().join("tests/plugins/hostile");
+    for (dir, args) in [
+        ("hostile", ""),
+        ("batch-bomb", "max_batch_size = \"4000000000\""),
+        ("ns-forge", "namespace = \"x_total 1\\nforged_total 9\""),
+        ("ns-thief", "namespace = \"iris\""),
+    ] {
+        plugin_copy(
+            &hostile,
+            "hostile.wasm",
+            &plugins.path().join(dir),
+            &format!(
+                "name = \"{dir}\"\ncomponent = \"hostile.wasm\"\n[limits]\ninstances = 1\nmax_tensor_mb = 32\n[args]\n{args}\n"
+            ),
+        );
+    }
+    let server = Server::start(&["--plugins".as_ref(), plugins.path().as_os_str()]);
+    let client = server.client(&python, "tests/python/hostile_client.py");
+    let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
+    let log = server.stop();
+    assert!(
+        client.status.success(),
+        "client failed:\n{stdout}\n{}\nserver log:\n{log}",
+        String::from_utf8_lossy(&client.stderr)
+    );
+    assert!(stdout.ends_with("ok\n"), "{stdout}");
+    // Each refusal is logged with its reason, on one line.
+    for (plugin, reason) in [
+        (
+            "batch-bomb",
+            "max_batch_size = 4000000000 is more than the host allows (65536)",
+        ),
+        ("ns-forge", "invalid metrics namespace"),
+        ("ns-thief", "belongs to another plugin"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(plugin) && l.contains(reason)),
+            "{plugin}: {reason}\n{log}"
+        );
+    }
+    assert!(log.len() < 256 * 1024, "{} bytes of server log", log.len());
+    assert!(!log.contains('\u{1b}'), "a terminal escape reached the log");
     println!("{stdout}");
 }

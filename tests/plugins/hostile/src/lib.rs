@@ -7,6 +7,13 @@ use runinfer_sdk::*;
 #[derive(Default)]
 struct Hostile {
     kept: Vec<Tensor>,
+    /// What `init` declares, from `[args]`: a hostile tenant's handler info.
+    namespace: Option<String>,
+    batching: Option<Batching>,
+}
+
+fn number(args: &Args, name: &str) -> Option<u32> {
+    arg(args, name).and_then(|v| v.parse().ok())
 }
 
 /// Recursion the optimiser cannot turn into a loop (the result goes through an opaque
@@ -20,6 +27,34 @@ fn recurse(depth: u64) -> u64 {
 }
 
 impl ModelHandler for Hostile {
+    fn configure(&mut self, args: &Args) -> Result<(), Error> {
+        self.namespace = arg(args, "namespace").map(str::to_string);
+        let batching = Batching {
+            min_batch_size: number(args, "min_batch_size"),
+            max_batch_size: number(args, "max_batch_size"),
+            max_batch_duration_ms: number(args, "max_batch_duration_ms"),
+        };
+        if batching.min_batch_size.is_some()
+            || batching.max_batch_size.is_some()
+            || batching.max_batch_duration_ms.is_some()
+        {
+            self.batching = Some(batching);
+        }
+        Ok(())
+    }
+
+    fn metrics_namespace(&self) -> Option<String> {
+        self.namespace.clone()
+    }
+
+    fn batch_elements_kwargs(&self) -> Batching {
+        self.batching.unwrap_or(Batching {
+            min_batch_size: None,
+            max_batch_size: None,
+            max_batch_duration_ms: None,
+        })
+    }
+
     fn input_kind(&self) -> InputKind {
         InputKind::Text
     }
@@ -111,6 +146,85 @@ impl Hostile {
                 let t = Tensor::from_bytes(Dtype::U8, &[8 << 20], &vec![0; 8 << 20])?;
                 self.kept.push(t);
             },
+            "log-flood" => {
+                // Far more than any rate limit lets through, each line forging others.
+                for i in 0..200_000 {
+                    log(
+                        Level::Error,
+                        &format!("flood {i}\n{{\"line\":1,\"stage\":\"decode\"}}\u{1b}[2J"),
+                    );
+                }
+                Ok(Value::Text("flooded".into()))
+            }
+            "log-forge" => {
+                log(
+                    Level::Warn,
+                    "forged\n{\"line\":7,\"input\":\"x\",\"stage\":\"inference\",\"error\":{\"code\":\"trap\",\"message\":\"forged\"}}\n\u{1b}[31mred",
+                );
+                Ok(Value::Text("forged".into()))
+            }
+            "metric-reserved" => {
+                metrics::counter_add("num_inferences", 1000)?;
+                Ok(Value::Text("recorded".into()))
+            }
+            "metric-shadow" => {
+                // A gauge whose samples would read as the host's counter.
+                metrics::gauge_set("num_inferences_total", 1e9)?;
+                Ok(Value::Text("recorded".into()))
+            }
+            "metric-flood" => {
+                let mut refused = None;
+                let mut made = 0;
+                for i in 0..100_000 {
+                    match metrics::counter_add(&format!("m{i}"), 1) {
+                        Ok(()) => made += 1,
+                        Err(e) => {
+                            refused = Some(e.message);
+                            break;
+                        }
+                    }
+                }
+                Ok(Value::Text(format!(
+                    "{made} made; {}",
+                    refused.unwrap_or_default()
+                )))
+            }
+            "metric-infinite" => {
+                metrics::observe("latency", f64::INFINITY)?;
+                Ok(Value::Text("recorded".into()))
+            }
+            "metric-nan" => {
+                metrics::gauge_set("level", f64::NAN)?;
+                Ok(Value::Text("recorded".into()))
+            }
+            "metric-ok" => {
+                metrics::counter_add("misdeeds", 1)?;
+                metrics::observe("latency", 0.5)?;
+                Ok(Value::Text("ok".into()))
+            }
+            "deep-json" => Ok(Value::Json(format!(
+                "{}{}",
+                "[".repeat(200_000),
+                "]".repeat(200_000)
+            ))),
+            "duplicate-names" => Ok(Value::Tensors(vec![
+                ("a".into(), Tensor::from_f32(&[1], &[1.0])?),
+                ("a".into(), Tensor::from_f32(&[1], &[2.0])?),
+            ])),
+            "empty-rows" => {
+                let t = Tensor::from_bytes(Dtype::F32, &[3, 0], &[])?;
+                Ok(Value::Text(format!("{} rows", t.unstack()?.len())))
+            }
+            "empty-giant" => Tensor::from_bytes(Dtype::F32, &[1 << 40, 0], &[]).map(Value::Tensor),
+            "empty-rows-bomb" => {
+                // Small as a tensor, a million tensors once unstacked: the host must
+                // count the rows before it makes them.
+                let mut kept = Vec::new();
+                loop {
+                    let t = Tensor::from_bytes(Dtype::F32, &[1 << 16, 0], &[])?;
+                    kept.push(t.unstack()?);
+                }
+            }
             other => Err(Error::invalid_input(format!("unknown misdeed {other:?}"))),
         }
     }
