@@ -127,7 +127,13 @@ pub(crate) fn wasi_context(
         builder.preopened_dir(plugin_dir.join(&dir.path), &dir.guest, FsPerms::ReadOnly)?;
     }
     if grants.network {
-        builder.inherit_network().allow_ip_name_lookup(true);
+        // wasmtime-wasi allows no TCP or UDP unless asked, even with every address
+        // permitted: all three are what `network = true` grants.
+        builder
+            .inherit_network()
+            .allow_ip_name_lookup(true)
+            .allow_tcp(true)
+            .allow_udp(true);
     }
     Ok(builder.build())
 }
