@@ -260,6 +260,12 @@ async fn run_from(
             }
         }
         progress.inc(1);
+        // Streaming input (`tail -F events.jsonl | runinfer run`): results reach the
+        // reader as soon as nothing else is ready, not when a buffer fills.
+        if pending_rx.is_empty() {
+            predictions.flush()?;
+            dead_letters.flush()?;
+        }
         if summary.lines >= FAILURE_RATIO_MIN_LINES
             && let Some(reason) = ratio_exceeded(&summary, options.max_failure_ratio)
         {
