@@ -144,6 +144,22 @@ impl Dispatcher {
         )
     }
 
+    /// What is waiting and running now: examples in the queues, and batches formed
+    /// (running on a worker or waiting for one).
+    pub fn load(&self) -> Load {
+        let queued = self
+            .queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|q| q.max_capacity() - q.capacity())
+            .sum();
+        Load {
+            queued,
+            batches: self.options.instances.max(1) * 2 - self.permits.available_permits(),
+        }
+    }
+
     /// Queues one example (waiting while its queue is full) and returns where its
     /// result will arrive. The key only chooses the model set; it never reaches the
     /// handler.
@@ -208,6 +224,15 @@ impl Dispatcher {
             })
             .clone()
     }
+}
+
+/// A dispatcher's load at one moment (see [`Dispatcher::load`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Examples waiting in the queues.
+    pub queued: usize,
+    /// Batches formed: running on a worker or waiting for one.
+    pub batches: usize,
 }
 
 /// A queue had no room (or was closed).
