@@ -8,6 +8,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 requirements=${1:-$root/scripts/requirements-models.txt}
 venv=${2:-$root/target/py-$(basename "$requirements" .txt | sed 's/^requirements-//')}
 stamp="$venv/.installed-$(sha256sum "$requirements" | cut -c1-16)"
+# Tests running at once may ask for the same venv: one creates it, the others wait.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
 fi

@@ -53,6 +53,14 @@ fn iris_batch_size_does_not_change_results() {
         };
         let out = run(&plugin, &input, &options);
         assert_eq!(out.summary.batches, 150u64.div_ceil(size as u64));
+        // Every line answered, at every size: a run whose batches all failed has
+        // the same number of batches.
+        assert!(
+            out.dead_letters.is_empty(),
+            "size {size}: {:?}",
+            out.dead_letters
+        );
+        assert_iris_matches_golden(&out.predictions, &golden, TOLERANCE);
         by_size.push(out.predictions);
     }
     for (a, b) in by_size[0]

@@ -109,17 +109,52 @@ fn forged_and_stale_handles_are_refused() {
 }
 
 #[test]
-fn files_environment_and_network_are_not_granted() {
+fn files_and_environment_are_not_granted() {
     assert_error(&misdeed("read-file"), "unsupported", "reading /etc/passwd");
     assert_error(
         &misdeed("read-env"),
         "unsupported",
         "the environment is empty",
     );
-    assert_error(
-        &misdeed("socket"),
-        "unsupported",
-        "connecting to 127.0.0.1:9",
+}
+
+/// Whether a connection is waiting on `listener` (non-blocking).
+fn connection_arrived(listener: &std::net::TcpListener) -> bool {
+    match listener.accept() {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+#[test]
+fn the_network_is_reached_only_when_granted() {
+    // A listener of the test's own: a denied connect must not reach it, a granted one
+    // must (a closed port would fail the same way either way).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deed = format!("connect:{}", listener.local_addr().unwrap().port());
+    let error = misdeed(&deed);
+    assert_error(&error, "unsupported", "connecting to 127.0.0.1:");
+    assert!(
+        !connection_arrived(&listener),
+        "a denied handler reached the listener"
+    );
+
+    let dir = hostile("[grants]\nnetwork = true\n");
+    let host = host();
+    let plugin = load(&host, dir.path());
+    let out = run(
+        &plugin,
+        format!("{}\n", json!(deed)).as_bytes(),
+        &size_only(1),
+    );
+    assert_eq!(out.predictions.len(), 1, "{:?}", out.dead_letters);
+    assert_eq!(out.predictions[0]["inference"], "connected");
+    // The handler wrote before it returned, so the connection is there now.
+    assert!(
+        connection_arrived(&listener),
+        "a granted handler did not reach the listener"
     );
 }
 

@@ -49,41 +49,36 @@ fn tensor_plugin(name: &str, model: &std::path::Path, options: &str) -> tempfile
     dir
 }
 
-/// Text-line-like images as PP-OCR feeds its classifier (3x48x192, scaled to
-/// [-1, 1]): dark strokes on a light background, some upside down.
-fn text_line_images(count: usize) -> Vec<Value> {
-    let mut state = 0x9e37_79b9_u32;
-    let mut noise = move || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        (state % 1000) as f32 / 1000.0
-    };
-    (0..count)
-        .map(|i| {
-            let flipped = i % 2 == 1;
-            let image: Vec<Vec<Vec<f32>>> = (0..3)
-                .map(|_| {
-                    (0..48)
-                        .map(|y| {
-                            (0..192)
-                                .map(|x| {
-                                    // Glyph-ish blocks in the upper two thirds of the line.
-                                    let row = if flipped { 47 - y } else { y };
-                                    let stroke = (8..34).contains(&row)
-                                        && (x / 6 + i) % 3 != 0
-                                        && (row + x) % 5 != 0;
-                                    let value = if stroke { 0.1 } else { 0.9 } + 0.1 * noise();
-                                    value * 2.0 - 1.0
-                                })
-                                .collect()
-                        })
-                        .collect()
-                })
-                .collect();
-            serde_json::json!(image)
-        })
-        .collect()
+/// Ten text lines rendered with Pillow, every second one turned by 180°, as PP-OCR
+/// feeds its classifier, and onnxruntime's own Python API's probabilities for each
+/// (tests/python/ppocr_reference.py): the images as JSONL, and the references.
+fn text_lines_and_reference(model: &std::path::Path) -> (Vec<u8>, Vec<Value>) {
+    let python = run_script(
+        "scripts/python-env.sh",
+        &[
+            root()
+                .join("tests/python/requirements.txt")
+                .to_str()
+                .unwrap(),
+            root().join("target/py-clients").to_str().unwrap(),
+        ],
+    );
+    let images = tempfile::NamedTempFile::new().unwrap();
+    let out = std::process::Command::new(python)
+        .arg(root().join("tests/python/ppocr_reference.py"))
+        .arg(model)
+        .arg(images.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        std::fs::read(images.path()).unwrap(),
+        parse_jsonl(&out.stdout),
+    )
 }
 
 #[test]
@@ -91,7 +86,8 @@ fn ppocr_classifier_gives_the_same_outputs_on_tract_and_onnxruntime() {
     let models = run_script("scripts/fetch-models.sh", &["ppocr"]);
     let model = models.join("ppocr_cls.onnx");
     let host = onnxruntime_host(BackendKind::Tract, 2);
-    let input = jsonl(text_line_images(10).into_iter());
+    let (input, reference) = text_lines_and_reference(&model);
+    assert_eq!(reference.len(), 10);
     let mut outputs = Vec::new();
     // The export leaves height and width open, and computes a shape from them that
     // tract folds only for known sizes: it plans per input size unless input_shapes
@@ -131,6 +127,22 @@ fn ppocr_classifier_gives_the_same_outputs_on_tract_and_onnxruntime() {
     }
     // Distinct inputs get distinct scores: the model really ran on each image.
     assert_ne!(outputs[0][0]["inference"], outputs[0][1]["inference"]);
+
+    // Against the independent reference, and the classifier's meaning: upright
+    // lines are class 0, lines turned by 180° class 1.
+    for (config, run) in configs.iter().zip(&outputs) {
+        for (i, (p, r)) in run.iter().zip(&reference).enumerate() {
+            assert_all_close(
+                &p["inference"],
+                &r["probabilities"],
+                1e-4,
+                &format!("line {i}, {config} vs onnxruntime in Python"),
+            );
+            let scores = p["inference"].as_array().unwrap();
+            let turned = scores[1].as_f64().unwrap() > scores[0].as_f64().unwrap();
+            assert_eq!(turned, r["turned"], "line {i}, {config}: {scores:?}");
+        }
+    }
 }
 
 #[test]
@@ -175,6 +187,44 @@ fn a_model_tract_cannot_load_runs_on_onnxruntime() {
 
 #[test]
 fn the_host_default_backend_runs_models_whose_entry_names_none() {
+    // A model only onnxruntime runs (ONNX-ML's Scaler) behind a bare path: it fails
+    // on a host whose default is tract and loads on one whose default is onnxruntime,
+    // so the default engine is known to have run it.
+    let scaler = scratch_plugin(
+        "onnx-tensor",
+        "name = \"scaler\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"net.onnx\"\n",
+    );
+    std::fs::copy(
+        root().join("tests/models/iris_scaler.onnx"),
+        scaler.path().join("net.onnx"),
+    )
+    .unwrap();
+    let error = onnxruntime_host(BackendKind::Tract, 2)
+        .load_plugin(scaler.path())
+        .err()
+        .expect("tract lacks Scaler");
+    assert!(
+        format!("{error:#}").contains("tract cannot load model"),
+        "{error:#}"
+    );
+    let host = onnxruntime_host(BackendKind::Onnxruntime, 2);
+    let plugin = load(&host, scaler.path());
+    let golden = read_jsonl("tests/golden/iris_scaler.jsonl");
+    let out = run(
+        &plugin,
+        &jsonl(golden.iter().map(|g| g["example"].clone())),
+        &RunOptions::default(),
+    );
+    assert_eq!(
+        out.predictions.len(),
+        golden.len(),
+        "{:?}",
+        out.dead_letters
+    );
+    for (i, (p, g)) in out.predictions.iter().zip(&golden).enumerate() {
+        assert_eq!(p["inference"]["label"], g["label"], "line {i}");
+    }
+
     let golden = read_jsonl("tests/golden/iris.jsonl");
     let host = onnxruntime_host(BackendKind::Onnxruntime, 2);
     // plugins/iris/plugin.toml gives a bare path: the host default decides.

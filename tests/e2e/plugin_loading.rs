@@ -166,36 +166,6 @@ fn broken_plugins_are_reported_with_the_reason() {
 }
 
 #[test]
-fn a_missing_onnxruntime_library_fails_only_the_plugin_that_needs_it() {
-    // This test binary never loads onnxruntime, so the path here is the one tried.
-    let host = runinfer::Host::new(runinfer::HostConfig {
-        onnxruntime: runinfer::model::OnnxruntimeConfig {
-            library: Some("/nonexistent/libonnxruntime.so".into()),
-            ..Default::default()
-        },
-        ..runinfer::HostConfig::default()
-    })
-    .unwrap();
-    let dir = scratch_plugin(
-        "iris",
-        "name = \"x\"\ncomponent = \"iris.wasm\"\n[models]\n\
-         iris = { path = \"models/iris.onnx\", backend = \"onnxruntime\" }\n",
-    );
-    let err = host.load_plugin(dir.path()).err().expect("no library");
-    let message = err.to_string();
-    assert!(
-        message.contains("onnxruntime cannot load model")
-            && message.contains("/nonexistent/libonnxruntime.so")
-            && message.contains("scripts/install-onnxruntime.sh"),
-        "{message}"
-    );
-    // The host goes on serving tract models.
-    let plugin = bundled(&host, "iris");
-    let out = run(&plugin, b"[5.1, 3.5, 1.4, 0.2]\n", &RunOptions::default());
-    assert_eq!(out.predictions[0]["inference"]["label"], "setosa");
-}
-
-#[test]
 fn plugins_are_found_by_directory_or_manifest_name() {
     let host = host();
     assert_eq!(
@@ -216,24 +186,57 @@ fn plugins_are_found_by_directory_or_manifest_name() {
 }
 
 #[test]
-fn update_model_path_then_load_model_keeps_the_instance_serving() {
-    let host = host();
-    let plugin = bundled(&host, "iris");
-    let mut instance = plugin.instantiate().unwrap();
-    instance
-        .update_model_path("iris", Some("models/iris.onnx"))
-        .unwrap();
-    let example = runinfer::decode::decode_example(
-        &serde_json::json!([6.3, 3.3, 6.0, 2.5]),
-        &plugin.info().input,
-    )
-    .unwrap();
-    let result = instance.run_inference(vec![example], &[]).unwrap();
-    assert_eq!(result.values.len(), 1);
-    assert_eq!(
-        result.model_ids,
-        vec![plugin.models().next().unwrap().id.clone()]
+fn update_model_path_serves_the_new_file() {
+    // A plugin whose model is the newest file of a pattern; a newer file with other
+    // weights arrives, and the refresh (new instance: update-model-path, load-model)
+    // must serve it: the outputs change to the new model's, checked against
+    // onnxruntime's golden values of each file.
+    let dir = scratch_plugin(
+        "onnx-tensor",
+        "name = \"mlp\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/mlp-*.onnx\"\n[args]\noutputs = \"logits\"\n",
     );
-    let json = serde_json::to_value(&result.values[0]).unwrap();
-    assert_eq!(json["label"], "virginica");
+    let models = dir.path().join("models");
+    std::fs::copy(models.join("tiny_mlp.onnx"), models.join("mlp-1.onnx")).unwrap();
+    let host = host();
+    let plugin = load(&host, dir.path());
+    let logits = |plugin: &runinfer::Plugin, golden: &serde_json::Value| {
+        let mut instance = plugin.instantiate().unwrap();
+        let example =
+            runinfer::decode::decode_example(&golden["example"], &plugin.info().input).unwrap();
+        let result = instance.run_inference(vec![example], &[]).unwrap();
+        (
+            serde_json::to_value(&result.values[0]).unwrap(),
+            result.model_ids,
+        )
+    };
+    let v1 = read_jsonl("tests/golden/tiny_mlp.jsonl");
+    let v2 = read_jsonl("tests/golden/tiny_mlp_v2.jsonl");
+    let (value, ids) = logits(&plugin, &v1[0]);
+    assert_all_close(&value, &v1[0]["logits"], 1e-5, "v1");
+    assert!(ids[0].starts_with("models/mlp-1.onnx@"), "{ids:?}");
+    assert_eq!(plugin.refresh_models().unwrap(), None, "nothing new yet");
+
+    let staged = models.join(".mlp-2.tmp");
+    std::fs::copy(models.join("tiny_mlp_v2.onnx"), &staged).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&staged)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(1))
+        .unwrap();
+    std::fs::rename(&staged, models.join("mlp-2.onnx")).unwrap();
+    let id = plugin
+        .refresh_models()
+        .unwrap()
+        .expect("the new file is swapped in");
+    assert!(id.starts_with("models/mlp-2.onnx@"), "{id}");
+    let (value, ids) = logits(&plugin, &v2[0]);
+    assert_all_close(&value, &v2[0]["logits"], 1e-5, "v2");
+    assert_eq!(ids, vec![id]);
+    // v1's outputs differ from v2's, so the check above tells the files apart.
+    let (value, _) = logits(&plugin, &v1[0]);
+    assert!(
+        (value[0].as_f64().unwrap() - v1[0]["logits"][0].as_f64().unwrap()).abs() > 1e-3,
+        "the old model still serves"
+    );
 }

@@ -50,6 +50,7 @@ type Outcome = Result<(Value, Option<String>), String>;
 
 struct Traffic {
     stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
     thread: std::thread::JoinHandle<Vec<Outcome>>,
 }
 
@@ -57,7 +58,8 @@ struct Traffic {
 /// until stopped; returns every outcome.
 fn traffic(root: &Arc<PluginRoot>, name: &'static str, example: Value) -> Traffic {
     let stop = Arc::new(AtomicBool::new(false));
-    let (root, flag) = (root.clone(), stop.clone());
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (root, flag, count) = (root.clone(), stop.clone(), answered.clone());
     let thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -83,16 +85,30 @@ fn traffic(root: &Arc<PluginRoot>, name: &'static str, example: Value) -> Traffi
                         Ok(Err(failure)) => Err(failure.error.to_string()),
                         Err(_) => Err("reply lost".into()),
                     });
+                    count.fetch_add(1, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             outcomes
         })
     });
-    Traffic { stop, thread }
+    Traffic {
+        stop,
+        answered,
+        thread,
+    }
 }
 
 impl Traffic {
+    /// Waits until `n` more requests have been answered: traffic before and after a
+    /// change is counted in answers, not in time.
+    fn answers(&self, n: usize) {
+        let target = self.answered.load(Ordering::Relaxed) + n;
+        wait_until("answers", Duration::from_secs(60), || {
+            self.answered.load(Ordering::Relaxed) >= target
+        });
+    }
+
     fn finish(self) -> Vec<Outcome> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap()
@@ -126,7 +142,7 @@ fn a_new_model_file_is_swapped_in_under_traffic_and_a_corrupt_one_is_refused() {
     let _watch = root.watch(Duration::from_millis(100)).unwrap();
     assert!(root.get("mlp").is_some(), "{:?}", root.status());
     let traffic = traffic(&root, "mlp", v1[0]["example"].clone());
-    std::thread::sleep(Duration::from_millis(300));
+    traffic.answers(50);
 
     // A new model: write then rename, newer than the current one.
     let model_v2 =
@@ -148,7 +164,7 @@ fn a_new_model_file_is_swapped_in_under_traffic_and_a_corrupt_one_is_refused() {
             .ends_with("mlp-2.onnx")
     });
     let swap = published.elapsed();
-    std::thread::sleep(Duration::from_millis(300));
+    traffic.answers(50);
 
     // A corrupt newer file: the refresh fails and v2 keeps serving.
     publish(
@@ -163,7 +179,7 @@ fn a_new_model_file_is_swapped_in_under_traffic_and_a_corrupt_one_is_refused() {
             .unwrap_or(0.0)
             >= 1.0
     });
-    std::thread::sleep(Duration::from_millis(300));
+    traffic.answers(50);
     let outcomes = traffic.finish();
 
     let failures: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
@@ -206,7 +222,7 @@ fn a_replaced_manifest_is_swapped_in_without_failing_a_request() {
     let root = PluginRoot::open(host(), dir.path(), options);
     let _watch = root.watch(Duration::from_millis(100)).unwrap();
     let traffic = traffic(&root, "ts", json!("a few longer words"));
-    std::thread::sleep(Duration::from_millis(300));
+    traffic.answers(50);
     publish(
         manifest(5).as_bytes(),
         &ts.join("plugin.toml"),
@@ -215,7 +231,7 @@ fn a_replaced_manifest_is_swapped_in_without_failing_a_request() {
     wait_until("the new manifest", Duration::from_secs(20), || {
         root.get("ts").unwrap().plugin.manifest().args["min_word_len"].as_integer() == Some(5)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    traffic.answers(50);
     let outcomes = traffic.finish();
     let words: Vec<u64> = outcomes
         .iter()

@@ -327,21 +327,63 @@ fn max_failure_ratio_stops_the_run() {
     assert_eq!(out.summary.lines, 1000);
 }
 
-#[test]
-fn adaptive_batching_completes_with_every_line() {
-    let host = host();
-    let plugin = bundled(&host, "iris");
-    let lines = iris_lines(2000);
-    let options = RunOptions {
-        adaptive_batch_latency: Some(std::time::Duration::from_millis(2)),
-        instances: Some(2),
-        ..size_only(256)
+/// Batch sizes of the plugin's runs so far, from its batch-size histogram:
+/// (batches of at most 2 examples, all batches).
+fn small_and_all_batches(host: &runinfer::Host) -> (f64, f64) {
+    let m = prometheus_values(&host.metrics().encode());
+    let get = |prefix: &str, label: &str| {
+        m.iter()
+            .filter(|(k, _)| k.starts_with(prefix) && k.contains(label))
+            .map(|(_, v)| v)
+            .sum::<f64>()
     };
-    let out = run(&plugin, &to_input(&lines), &options);
-    assert_eq!(out.predictions.len(), 2000);
-    // Batches start at the minimum size and grow.
-    assert!(out.summary.batches > 2000 / 256, "{}", out.summary.batches);
-    for (i, p) in out.predictions.iter().enumerate() {
-        assert_eq!(p["example"], lines[i]);
-    }
+    (
+        get(
+            "iris_metrics_inference_request_batch_size_bucket{",
+            "le=\"2.0\"",
+        ),
+        get("iris_metrics_inference_request_batch_size_count{", ""),
+    )
+}
+
+#[test]
+fn adaptive_batching_starts_small_and_grows_through_the_dispatcher() {
+    let lines = iris_lines(2000);
+    // Batches flush on size or at the end of the input only (no timers), so the
+    // counts below do not depend on the machine's speed.
+    let run_with = |adaptive: Option<std::time::Duration>| {
+        let host = host();
+        let dir = scratch_plugin(
+            "iris",
+            "name = \"iris-metrics\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/iris.onnx\"\n[args]\nlabels = \"setosa,versicolor,virginica\"\n",
+        );
+        let plugin = load(&host, dir.path());
+        let options = RunOptions {
+            adaptive_batch_latency: adaptive,
+            instances: Some(2),
+            ..size_only(256)
+        };
+        let out = run(&plugin, &to_input(&lines), &options);
+        assert_eq!(out.predictions.len(), 2000);
+        assert!(out.dead_letters.is_empty());
+        for (i, p) in out.predictions.iter().enumerate() {
+            assert_eq!(p["example"], lines[i]);
+        }
+        (out.summary.batches, small_and_all_batches(&host))
+    };
+    // Fixed: 7 full batches of 256 and the rest; none small.
+    let (batches, (small, all)) = run_with(None);
+    assert_eq!((batches, small, all), (8, 0.0, 8.0));
+    // Adaptive: the first batch has min_batch_size (1) examples, sizes grow from
+    // there (at most doubling), so there are more batches than fixed sizing makes.
+    let (batches, (small, all)) = run_with(Some(std::time::Duration::from_millis(2)));
+    assert!(
+        small >= 1.0,
+        "no batch of 1 or 2: adaptive sizing did not start small"
+    );
+    assert!(
+        batches > 8,
+        "{batches} batches: sizes never started below 256"
+    );
+    assert_eq!(all, batches as f64);
 }

@@ -1,6 +1,7 @@
 //! `runinfer serve` in process: the Open Inference Protocol v2 routes, batching across
 //! requests, backpressure, timeouts and draining on shutdown.
 
+use runinfer::dispatch::Load;
 use runinfer::run::{RunOptions, dispatch_options};
 use runinfer::serve::{ServeConfig, router, serve};
 use runinfer::watch::PluginRoot;
@@ -12,9 +13,10 @@ use std::time::Duration;
 
 struct Server {
     addr: SocketAddr,
+    root: std::sync::Arc<PluginRoot>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
@@ -28,6 +30,8 @@ impl Server {
             };
             let dest = dir.path().join(name);
             std::fs::create_dir_all(dest.join("models")).unwrap();
+            // What a handler may be granted to read the test's signal from.
+            std::fs::create_dir_all(dest.join("signal")).unwrap();
             std::fs::copy(
                 src.join(format!("{from}.wasm")),
                 dest.join(format!("{from}.wasm")),
@@ -49,6 +53,7 @@ impl Server {
         let root = PluginRoot::open(host.clone(), dir.path(), |p| {
             dispatch_options(p, &RunOptions::default())
         });
+        let served = root.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -76,15 +81,41 @@ impl Server {
         let addr = ready_rx.recv().unwrap();
         Server {
             addr,
+            root: served,
             stop: Some(stop),
             thread: Some(thread),
-            _dir: dir,
+            dir,
         }
     }
 
     /// Sends one request; returns the status and the body (JSON, or text).
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
         call(self.addr, method, path, body)
+    }
+
+    /// The directory plugin `model` reads its signal from (granted as `/signal`).
+    fn signal_dir(&self, model: &str) -> std::path::PathBuf {
+        self.dir.path().join(model).join("signal")
+    }
+
+    /// Lets the handlers of `slow` that wait for the signal go on.
+    fn signal(&self) {
+        std::fs::write(self.signal_dir("slow").join("go"), "").unwrap();
+    }
+
+    /// Waits until the dispatcher of `model` is in the state `done` asks for: tests
+    /// wait on events, never on time (the deadline only bounds a broken build).
+    fn wait_for(&self, model: &str, what: &str, done: impl Fn(Load) -> bool) {
+        let dispatcher = self.root.get(model).unwrap().dispatcher.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !done(dispatcher.load()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{model}: never {what} ({:?})",
+                dispatcher.load()
+            );
+            std::thread::yield_now();
+        }
     }
 
     fn stop(mut self) {
@@ -179,10 +210,13 @@ fn health_metadata_and_inference() {
     );
     let data = out["outputs"][0]["data"].as_array().unwrap();
     assert_eq!(out["outputs"][0]["datatype"], "BYTES");
-    for (d, g) in data.iter().zip(&golden) {
-        let inference: Value = serde_json::from_str(d.as_str().unwrap()).unwrap();
-        assert_eq!(inference["label"], g["label"]);
-    }
+    assert_eq!(out["outputs"][0]["shape"], json!([150]));
+    // Every row back, label and probabilities as onnxruntime's.
+    let predictions: Vec<Value> = data
+        .iter()
+        .map(|d| json!({"inference": serde_json::from_str::<Value>(d.as_str().unwrap()).unwrap()}))
+        .collect();
+    assert_iris_matches_golden(&predictions, &golden, 1e-5);
 
     // onnx-tensor: named outputs as tensors, [2, 2, 3] in, nested data accepted.
     let golden = read_jsonl("tests/golden/tiny_mlp.jsonl");
@@ -258,7 +292,7 @@ fn health_metadata_and_inference() {
     server.stop();
 }
 
-const SLOW: &str = "name = \"slow\"\ncomponent = \"hostile.wasm\"\n[limits]\ninstances = 1\ntimeout_ms = 2000\nqueue_size = 2\n[batching]\nmax_batch_size = 1\n";
+const SLOW: &str = "name = \"slow\"\ncomponent = \"hostile.wasm\"\n[limits]\ninstances = 1\ntimeout_ms = 20000\nqueue_size = 2\n[batching]\nmax_batch_size = 1\n[grants]\ndirs = [{ path = \"signal\", guest = \"/signal\" }]\n";
 
 #[test]
 fn a_full_queue_is_refused_at_once_and_a_timeout_is_clear() {
@@ -272,24 +306,30 @@ fn a_full_queue_is_refused_at_once_and_a_timeout_is_clear() {
         ],
         Duration::from_secs(30),
     );
-    // 1 instance, batches of 1, a queue of 2. A's two rows go straight to the worker
-    // (one running, one formed ahead), B's two fill the queue, so C is refused at once:
-    // a queued C would have been answered 200 after the others.
+    // 1 instance, batches of 1, a queue of 2. The handler waits for the test's
+    // signal. A's two rows go straight to the worker (one running, one formed ahead),
+    // B's two fill the queue, so C is refused at once: a queued C would have been
+    // answered 200 after the others.
     let send = |rows: usize| {
         let addr = server.addr;
         std::thread::spawn(move || {
-            let body = infer_body("BYTES", &[rows], json!(vec!["slow"; rows]));
+            let body = infer_body("BYTES", &[rows], json!(vec!["wait"; rows]));
             call(addr, "POST", "/v2/models/slow/infer", Some(&body))
         })
     };
     let a = send(2);
-    std::thread::sleep(Duration::from_millis(50));
+    server.wait_for("slow", "took A's rows", |l| {
+        l == Load {
+            queued: 0,
+            batches: 2,
+        }
+    });
     let b = send(2);
-    std::thread::sleep(Duration::from_millis(100));
+    server.wait_for("slow", "queued B's rows", |l| l.queued == 2);
     let (status, err) = server.call(
         "POST",
         "/v2/models/slow/infer",
-        Some(&infer_body("BYTES", &[1], json!(["slow"]))),
+        Some(&infer_body("BYTES", &[1], json!(["wait"]))),
     );
     assert_eq!(status, 503, "{err}");
     assert!(
@@ -299,11 +339,12 @@ fn a_full_queue_is_refused_at_once_and_a_timeout_is_clear() {
             .contains("queue (2 examples) has no room"),
         "{err}"
     );
-    // The admitted requests are answered in full.
+    // Go: the admitted requests are answered in full.
+    server.signal();
     for request in [a, b] {
         let (status, out) = request.join().unwrap();
         assert_eq!(status, 200, "{out}");
-        assert_eq!(out["outputs"][0]["data"], json!(["slow ok", "slow ok"]));
+        assert_eq!(out["outputs"][0]["data"], json!(["waited", "waited"]));
     }
     // More rows than the queue ever holds: a client error, not "retry later".
     let (status, err) = server.call(
@@ -346,10 +387,11 @@ fn a_full_queue_is_refused_at_once_and_a_timeout_is_clear() {
 #[test]
 fn shutdown_finishes_the_requests_in_flight() {
     let server = Server::start(&[("slow", "hostile", Some(SLOW))], Duration::from_secs(30));
+    let signal = server.signal_dir("slow");
     let addr = server.addr;
     let client = std::thread::spawn(move || {
         let mut stream = TcpStream::connect(addr).unwrap();
-        let body = infer_body("BYTES", &[2], json!(["slow", "slow"])).to_string();
+        let body = infer_body("BYTES", &[2], json!(["wait", "wait"])).to_string();
         write!(
             stream,
             "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -360,9 +402,17 @@ fn shutdown_finishes_the_requests_in_flight() {
         stream.read_to_string(&mut response).unwrap();
         response
     });
-    std::thread::sleep(Duration::from_millis(100));
-    server.stop(); // waits for the server to finish
+    // Stop once the request's rows are in the plugin's hands, waiting for the signal.
+    server.wait_for("slow", "took the rows", |l| {
+        l == Load {
+            queued: 0,
+            batches: 2,
+        }
+    });
+    let stopping = std::thread::spawn(move || server.stop()); // waits for the server
+    std::fs::write(signal.join("go"), "").unwrap();
+    stopping.join().unwrap();
     let response = client.join().unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    assert!(response.contains("slow ok"), "{response}");
+    assert!(response.contains("waited"), "{response}");
 }

@@ -1,20 +1,8 @@
 //! The `runinfer` binary end to end: the README's quick start and dead-letter files.
 
+use super::{root, runinfer};
 use std::path::PathBuf;
 use std::process::Command;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn runinfer() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runinfer"));
-    cmd.current_dir(root()).env(
-        "RUNINFER_CACHE_DIR",
-        root().join("target/test-compile-cache"),
-    );
-    cmd
-}
 
 fn root_dir_plugin(name: &str) -> PathBuf {
     root().join("plugins").join(name)
@@ -280,12 +268,26 @@ fn run_watch_swaps_in_a_new_model_while_stdin_streams() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Request and answer over the pipes: each line's prediction is read before the
+    // next line is sent, so what is observed depends on events, not on timing.
     let mut stdin = child.stdin.take().unwrap();
-    let line = b"[[1,2,3],[4,5,6]]\n";
-    for _ in 0..20 {
-        stdin.write_all(line).unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ask = || {
+        use std::io::BufRead;
+        stdin.write_all(b"[[1,2,3],[4,5,6]]\n").unwrap();
         stdin.flush().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        let mut answer = String::new();
+        assert!(
+            stdout.read_line(&mut answer).unwrap() > 0,
+            "runinfer exited"
+        );
+        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["model_id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    for _ in 0..20 {
+        assert!(ask().starts_with("models/mlp-1.onnx@"));
     }
     // Write then rename: the host never sees half a model.
     std::fs::copy(
@@ -301,40 +303,32 @@ fn run_watch_swaps_in_a_new_model_while_stdin_streams() {
         .unwrap();
     drop(f);
     std::fs::rename(dir.join("models/.mlp-2.tmp"), dir.join("models/mlp-2.onnx")).unwrap();
-    for _ in 0..100 {
-        stdin.write_all(line).unwrap();
-        stdin.flush().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
+    // Until the swap, the old model answers; from the first new answer on, only the
+    // new one does. (The deadline only bounds a broken build.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut old_answers = 0;
+    loop {
+        let id = ask();
+        if id.starts_with("models/mlp-2.onnx@") {
+            break;
+        }
+        assert!(id.starts_with("models/mlp-1.onnx@"), "{id}");
+        old_answers += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new model never served ({old_answers} answers after it appeared)"
+        );
+    }
+    for _ in 0..20 {
+        let id = ask();
+        assert!(
+            id.starts_with("models/mlp-2.onnx@"),
+            "an old answer after the swap: {id}"
+        );
     }
     drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    let ids: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["model_id"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(ids.len(), 120, "every line answered");
-    let switch = ids
-        .iter()
-        .position(|id| id.starts_with("models/mlp-2.onnx@"))
-        .expect("the new model served");
-    assert!(switch >= 20, "{switch}");
-    assert!(
-        ids[..switch]
-            .iter()
-            .all(|id| id.starts_with("models/mlp-1.onnx@"))
-    );
-    assert!(
-        ids[switch..]
-            .iter()
-            .all(|id| id.starts_with("models/mlp-2.onnx@"))
-    );
+    let status = child.wait().unwrap();
+    assert!(status.success());
 }
 
 #[test]
@@ -465,4 +459,79 @@ fn guest_logs_are_rate_limited_escaped_and_never_pass_for_dead_letters() {
         stderr.contains("3 lines -> 3 predictions, 0 dead letters"),
         "{stderr}"
     );
+}
+
+#[test]
+fn a_missing_onnxruntime_library_fails_only_the_plugin_that_needs_it() {
+    // A process of its own: a process loads one onnxruntime library, on the first model
+    // that asks for it, so the path given here is the one tried.
+    let plugins = tempfile::tempdir().unwrap();
+    for (name, entry) in [
+        (
+            "needs-ort",
+            "{ path = \"models/iris.onnx\", backend = \"onnxruntime\" }",
+        ),
+        ("tract-only", "\"models/iris.onnx\""),
+    ] {
+        let dir = plugins.path().join(name);
+        std::fs::create_dir_all(dir.join("models")).unwrap();
+        let iris = root_dir_plugin("iris");
+        std::fs::copy(iris.join("iris.wasm"), dir.join("iris.wasm")).unwrap();
+        std::fs::copy(iris.join("models/iris.onnx"), dir.join("models/iris.onnx")).unwrap();
+        std::fs::write(
+            dir.join("plugin.toml"),
+            format!(
+                "name = \"{name}\"\ncomponent = \"iris.wasm\"\n[models]\niris = {entry}\n[args]\nlabels = \"setosa,versicolor,virginica\"\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = runinfer()
+        .args([
+            "list",
+            "--onnxruntime-lib",
+            "/nonexistent/libonnxruntime.so",
+            "--plugins",
+        ])
+        .arg(plugins.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let line = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} listed: {stdout}"))
+            .to_string()
+    };
+    let failed = line("needs-ort");
+    assert!(
+        failed.contains("onnxruntime cannot load model")
+            && failed.contains("/nonexistent/libonnxruntime.so")
+            && failed.contains("scripts/install-onnxruntime.sh"),
+        "{failed}"
+    );
+    // The host goes on serving tract models.
+    assert!(line("tract-only").contains("ok"), "{stdout}");
+    let input = plugins.path().join("one.jsonl");
+    std::fs::write(&input, "[5.1, 3.5, 1.4, 0.2]\n").unwrap();
+    let out = runinfer()
+        .args(["run", "tract-only"])
+        .arg(&input)
+        .args([
+            "--onnxruntime-lib",
+            "/nonexistent/libonnxruntime.so",
+            "--plugins",
+        ])
+        .arg(plugins.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let prediction: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(prediction["inference"]["label"], "setosa");
 }

@@ -2,28 +2,14 @@
 //! `tritonclient[http]` and `prometheus_client`'s parser (tests/python/oip_client.py,
 //! in a venv that scripts/python-env.sh installs from PyPI). Then SIGTERM.
 
+use super::{python_env, root, runinfer};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The venv's python, set up on first use; a failure to install is a test failure.
+/// The venv of the Python clients (tritonclient, prometheus_client, onnxruntime).
 fn client_python() -> PathBuf {
-    let out = Command::new("bash")
-        .arg(root().join("scripts/python-env.sh"))
-        .arg(root().join("tests/python/requirements.txt"))
-        .arg(root().join("target/py-clients"))
-        .output()
-        .expect("bash runs scripts/python-env.sh");
-    assert!(
-        out.status.success(),
-        "installing the Python clients failed (tests/python/requirements.txt from PyPI):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    python_env("requirements.txt", "py-clients")
 }
 
 /// `runinfer serve` on a free port, with its stderr read until it says where.
@@ -36,14 +22,9 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&std::ffi::OsStr]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runinfer"))
+        let mut child = runinfer()
             .args(["serve", "--port", "0", "--no-watch"])
             .args(extra)
-            .current_dir(root())
-            .env(
-                "RUNINFER_CACHE_DIR",
-                root().join("target/test-compile-cache"),
-            )
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();

@@ -88,6 +88,15 @@ impl Hostile {
                 }
                 Ok(Value::Text("slow ok".into()))
             }
+            "wait" => {
+                // Well-behaved but blocked until the test says go: a granted file
+                // appears (the test's signal), so what a test sees never depends on
+                // how long anything takes.
+                while std::fs::metadata("/signal/go").is_err() {
+                    std::hint::spin_loop();
+                }
+                Ok(Value::Text("waited".into()))
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
@@ -134,9 +143,16 @@ impl Hostile {
                     Ok(Value::Text(vars.join(";")))
                 }
             }
-            "socket" => std::net::TcpStream::connect("127.0.0.1:9")
-                .map(|_| Value::Text("connected".into()))
-                .map_err(|e| denied("connecting to 127.0.0.1:9", &e)),
+            deed if deed.starts_with("connect:") => {
+                // A listener the test started: reached only with `[grants] network`.
+                let address = format!("127.0.0.1:{}", &deed["connect:".len()..]);
+                std::net::TcpStream::connect(&address)
+                    .and_then(|mut stream| {
+                        std::io::Write::write_all(&mut stream, b"hello")?;
+                        Ok(Value::Text("connected".into()))
+                    })
+                    .map_err(|e| denied(&format!("connecting to {address}"), &e))
+            }
             "ungranted-model" => Model::open("secret").map(|m| Value::Text(m.id())),
             "traversal-model" => Model::open("../../../etc/passwd").map(|m| Value::Text(m.id())),
             "bad-tensor" => Tensor::from_bytes(Dtype::F32, &[2, 2], &[0; 3])

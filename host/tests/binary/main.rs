@@ -1,0 +1,43 @@
+//! The `runinfer` binary end to end, as a user runs it: the CLI, `runinfer serve`
+//! driven by clients nobody here wrote, and the Beam bridge. One test binary; the
+//! helpers every module uses are below.
+
+mod beam;
+mod cli;
+mod clients;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The repository root.
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `runinfer` binary of this build, run from the repository root with the
+/// tests' compile cache.
+fn runinfer() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_runinfer"));
+    cmd.current_dir(root()).env(
+        "RUNINFER_CACHE_DIR",
+        root().join("target/test-compile-cache"),
+    );
+    cmd
+}
+
+/// The python of a venv with `requirements` (a file of tests/python) installed from
+/// PyPI by scripts/python-env.sh on first use; a failed install fails the test.
+fn python_env(requirements: &str, venv: &str) -> PathBuf {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/python-env.sh"))
+        .arg(root().join("tests/python").join(requirements))
+        .arg(root().join("target").join(venv))
+        .output()
+        .expect("bash runs scripts/python-env.sh");
+    assert!(
+        out.status.success(),
+        "installing tests/python/{requirements} from PyPI failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
