@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmarks of bench/RESULTS.md and writes it: P1 (wasm handler vs a native
 # loop on the same engine, tract and onnxruntime), P2 (the same job in Apache Beam
-# and in runinfer), P3 (cold start, instance start), P6 (peak memory). Sets up what
+# and in runinfer), P3 (cold start, instance start), P6 (peak memory), and the serving
+# figures of bench/serve.sh (wrk against `runinfer serve`). Sets up what
 # it needs: a release build, onnxruntime's library (scripts/install-onnxruntime.sh),
 # the PP-OCR and MiniLM models (scripts/fetch-models.sh), apache-beam in target/py-beam.
 #   usage: bench/run.sh [--reps N]      (default 3; each figure is a median of N runs)
@@ -45,6 +46,11 @@ mkdir -p "$(dirname "$out")"
   echo "## P2, P3, P6"
   echo
   "$python" bench/compare.py --reps "$reps" p2 p3 p6 2> >(grep -v -e apitools -e '^WARNING' >&2)
+  echo
+  echo "## Serving (bench/serve.sh)"
+  echo
+  bench/serve.sh --reps "$reps" >/dev/null
+  cat target/bench/serve.md
 } > "$out.part"
 mv "$out.part" "$out"
 cp "$out" "$root/bench/RESULTS.md"

@@ -91,6 +91,12 @@ def wrk(url, connections, seconds, script=None):
     return rps, latency(50), latency(99), failed
 
 
+def valid(failed):
+    """wrk counts non-2xx answers in requests/s: a row with any is not a measurement
+    of serving, and says so."""
+    return str(failed) if failed == 0 else f"**{failed} — invalid row**"
+
+
 def median_of(reps, run):
     results = [run() for _ in range(reps)]
     return tuple(statistics.median(r[i] for r in results) for i in range(3)) + (sum(r[3] for r in results),)
@@ -120,11 +126,11 @@ def main():
         lines += [
             "### Overhead per request at concurrency 1 (model that does nothing, batching off)",
             "",
-            "| request | requests/s | p50 µs | p99 µs |",
-            "|---|---:|---:|---:|",
-            f"| `GET /v2/health/live` (HTTP floor: wrk + hyper on loopback) | {health[0]:,.0f} | {health[1]:.0f} | {health[2]:.0f} |",
-            f"| `POST /v2/models/noop/infer`, 1 row | {noop[0]:,.0f} | {noop[1]:.0f} | {noop[2]:.0f} |",
-            f"| runinfer's cost per request (difference of p50) | | {noop[1] - health[1]:.0f} | |",
+            "| request | requests/s | p50 µs | p99 µs | failed |",
+            "|---|---:|---:|---:|---:|",
+            f"| `GET /v2/health/live` (HTTP floor: wrk + hyper on loopback) | {health[0]:,.0f} | {health[1]:.0f} | {health[2]:.0f} | {valid(health[3])} |",
+            f"| `POST /v2/models/noop/infer`, 1 row | {noop[0]:,.0f} | {noop[1]:.0f} | {noop[2]:.0f} | {valid(noop[3])} |",
+            f"| runinfer's cost per request (difference of p50) | | {noop[1] - health[1]:.0f} | | |",
             "",
             "### Throughput and latency, 1 row per request",
             "",
@@ -136,7 +142,7 @@ def main():
                 for c in concurrency:
                     url = f"{base}/v2/models/{model}-batch-{mode}/infer"
                     rps, p50, p99, failed = median_of(args.reps, lambda: wrk(url, c, args.seconds, str(script)))
-                    lines.append(f"| {model} | {mode} | {c} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {failed} |")
+                    lines.append(f"| {model} | {mode} | {c} | {rps:,.0f} | {p50:.0f} | {p99:.0f} | {valid(failed)} |")
                     print(lines[-1], file=sys.stderr)
         metrics = subprocess.run(["curl", "-s", f"{base}/metrics"], capture_output=True, text=True).stdout
     finally:

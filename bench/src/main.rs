@@ -233,11 +233,16 @@ fn foundation(args: &Args) -> Result<()> {
     let native = Native::load(&plugin_dir.join("models/iris.onnx"))?;
     let mut rows = Vec::new();
     for batch in [1u32, 32] {
+        // The same job as the native loop: one instance (the loop is one thread) and
+        // exact chunks of `batch` lines (batches flush on size or at the end of the
+        // input only, never on the handler's wait).
         let options = RunOptions {
             batching: BatchingConfig {
                 max_batch_size: Some(batch),
-                ..Default::default()
+                min_batch_size: Some(batch),
+                max_batch_duration_ms: Some(600_000),
             },
+            instances: Some(1),
             ..Default::default()
         };
         let (mut wasm, mut direct) = (vec![], vec![]);
@@ -284,6 +289,10 @@ fn foundation(args: &Args) -> Result<()> {
             "handler calls alone, batch {batch}: {rate:.0} ex/s (decoded examples in, inference values out)\n"
         );
     }
+    println!(
+        "Same job both ways: parse JSONL, run iris in exact chunks of `batch` lines, write JSONL; \
+         one thread each (`run` with 1 instance, batches flushed on size only).\n"
+    );
     println!(
         "| batch | runinfer run (wasm handler) ex/s | native tract loop ex/s | runinfer / native |"
     );
