@@ -462,7 +462,12 @@ fn push_scalar(value: &serde_json::Value, dtype: DType, out: &mut Vec<u8>) -> Re
     match dtype {
         DType::F32 => {
             let v = value.as_f64().ok_or_else(|| not_a("a number"))?;
-            out.extend_from_slice(&(v as f32).to_le_bytes());
+            // Past f32's range `as` gives infinity, which JSON cannot even write back.
+            let narrowed = v as f32;
+            if narrowed.is_infinite() {
+                return Err(format!("{v:e} does not fit in {dtype}"));
+            }
+            out.extend_from_slice(&narrowed.to_le_bytes());
         }
         DType::F64 => {
             let v = value.as_f64().ok_or_else(|| not_a("a number"))?;
@@ -549,6 +554,14 @@ impl Serialize for NestedRows<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn numbers_past_f32_range_are_refused_not_made_infinite() {
+        // Found by the jsonl_decode fuzz target (fuzz/corpus/jsonl_decode/f32-overflow).
+        let err = Tensor::from_json(&json!([[5.381e38]]), DType::F32).unwrap_err();
+        assert_eq!(err.to_string(), "at [0][0]: 5.381e38 does not fit in f32");
+        assert!(Tensor::from_json(&json!([3.4e38, -3.4e38]), DType::F32).is_ok());
+    }
 
     #[test]
     fn rows_without_data_are_still_one_tensor_per_row() {
