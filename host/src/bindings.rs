@@ -1,7 +1,7 @@
 //! Host-side bindings generated from the WIT contract in `wit/`.
 //!
 //! WIT resources map to host types kept in each instance's `ResourceTable`: `tensor`
-//! to [`crate::tensor::Tensor`], `model` to [`crate::instance::ModelHandle`].
+//! to [`crate::tensor::Tensor`], `model` to [`crate::model::ModelHandle`].
 
 wasmtime::component::bindgen!({
     world: "handler",
@@ -9,7 +9,7 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
     with: {
         "runinfer:handler/types.tensor": crate::tensor::Tensor,
-        "runinfer:handler/inference.model": crate::instance::ModelHandle,
+        "runinfer:handler/inference.model": crate::model::ModelHandle,
     },
 });
 

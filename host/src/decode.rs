@@ -1,8 +1,8 @@
 //! Decoding one input line into an optional key and an example value, natively in the
 //! host, according to the handler's declared input kind.
 
+use crate::contract::InputKind;
 use crate::error::{ErrorCode, InferenceError};
-use crate::instance::InputKind;
 use crate::tensor::{Tensor, json_kind};
 use crate::value::Value;
 use base64::Engine as _;

@@ -3,13 +3,10 @@
 
 use crate::bindings::Handler;
 use crate::compile::CompileCache;
-use crate::error::PluginError;
 use crate::instance::InstanceState;
 use crate::manifest::MANIFEST_FILE;
 use crate::metrics::Metrics;
-use crate::metrics::PluginMetrics;
 use crate::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
-use crate::plugin::{KeySet, Plugin};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -72,11 +69,20 @@ impl Default for HostConfig {
     }
 }
 
-/// Recency of the loaded per-key model sets.
+/// A per-key model set as the host's LRU cap sees it (the plugin owns the set).
+pub(crate) trait KeyedModelSet: Send + Sync {
+    /// True while the set's models are loaded.
+    fn is_loaded(&self) -> bool;
+    /// Lets the models go (batches running on them finish first); true if they were
+    /// loaded.
+    fn unload(&self) -> bool;
+}
+
+/// Recency of the loaded per-key model sets, across all plugins.
 #[derive(Default)]
 struct KeySetLru {
     tick: u64,
-    entries: Vec<(Weak<KeySet>, Arc<PluginMetrics>, u64)>,
+    entries: Vec<(Weak<dyn KeyedModelSet>, u64)>,
 }
 
 /// Shared by every plugin of a process. Cheap to clone.
@@ -170,25 +176,23 @@ impl Host {
     }
 
     /// Marks a per-key model set as just used.
-    pub(crate) fn touch_key_set(&self, slot: &Arc<KeySet>, metrics: &Arc<PluginMetrics>) {
+    pub(crate) fn touch_key_set(&self, slot: &Arc<dyn KeyedModelSet>) {
         let mut lru = self.inner.key_lru.lock().unwrap_or_else(|e| e.into_inner());
         lru.tick += 1;
         let tick = lru.tick;
-        lru.entries.retain(|(s, _, _)| s.strong_count() > 0);
+        lru.entries.retain(|(s, _)| s.strong_count() > 0);
         match lru
             .entries
             .iter_mut()
-            .find(|(s, _, _)| s.as_ptr() == Arc::as_ptr(slot))
+            .find(|(s, _)| std::ptr::addr_eq(s.as_ptr(), Arc::as_ptr(slot)))
         {
-            Some(entry) => entry.2 = tick,
-            None => lru
-                .entries
-                .push((Arc::downgrade(slot), metrics.clone(), tick)),
+            Some(entry) => entry.1 = tick,
+            None => lru.entries.push((Arc::downgrade(slot), tick)),
         }
     }
 
-    /// Evicts the least recently used per-key model sets past the cap. Batches
-    /// running on an evicted set finish on it; the next use loads it again.
+    /// Unloads the least recently used per-key model sets past the cap. Batches
+    /// running on an unloaded set finish on it; the next use loads it again.
     pub(crate) fn enforce_key_set_cap(&self) {
         let mut lru = self.inner.key_lru.lock().unwrap_or_else(|e| e.into_inner());
         let cap = self.inner.config.max_key_model_sets;
@@ -197,25 +201,16 @@ impl Host {
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(_, (s, _, _))| {
-                    s.upgrade()
-                        .is_some_and(|s| s.live.lock().unwrap_or_else(|e| e.into_inner()).is_some())
-                })
-                .map(|(i, (_, _, tick))| (i, *tick))
+                .filter(|(_, (s, _))| s.upgrade().is_some_and(|s| s.is_loaded()))
+                .map(|(i, (_, tick))| (i, *tick))
                 .collect();
             if live.len() <= cap {
                 return;
             }
             live.sort_by_key(|&(_, tick)| tick);
-            let (index, _) = live[0];
-            let (slot, metrics, _) = lru.entries.remove(index);
-            if let Some(set) = slot
-                .upgrade()
-                .and_then(|s| s.live.lock().unwrap_or_else(|e| e.into_inner()).take())
-            {
-                metrics.model_unloaded(set.model_id());
+            let (slot, _) = lru.entries.remove(live[0].0);
+            if slot.upgrade().is_some_and(|s| s.unload()) {
                 self.inner.metrics.count_model_eviction();
-                tracing::info!(model_id = set.model_id(), "per-key model set evicted");
             }
         }
     }
@@ -232,38 +227,6 @@ impl Host {
     /// The host's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
-    }
-
-    /// Loads the plugin in `dir` (a directory with a `plugin.toml`).
-    pub fn load_plugin(&self, dir: &Path) -> Result<Plugin, PluginError> {
-        Plugin::load(self, dir)
-    }
-
-    /// Loads the plugin called `name` from the plugin root.
-    pub fn load_plugin_named(&self, root: &Path, name: &str) -> Result<Plugin, PluginError> {
-        let dirs = plugin_dirs(root);
-        let found = dirs.iter().find(|dir| {
-            dir.file_name().is_some_and(|n| n == name)
-                || crate::manifest::Manifest::load(dir).is_ok_and(|m| m.name == name)
-        });
-        match found {
-            Some(dir) => self.load_plugin(dir),
-            None => Err(PluginError::NotFound {
-                name: name.to_string(),
-                root: root.to_path_buf(),
-                available: {
-                    let names: Vec<String> = dirs
-                        .iter()
-                        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
-                        .collect();
-                    if names.is_empty() {
-                        "none".into()
-                    } else {
-                        names.join(", ")
-                    }
-                },
-            }),
-        }
     }
 }
 

@@ -2,10 +2,11 @@
 //! models, metrics, log) and the calls into its exports.
 
 use crate::bindings::{self, Handler, HandlerPre, api, inference, types};
+pub use crate::contract::{HandlerInfo, InputKind};
 use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::{BatchingConfig, Grants, Limits};
 use crate::metrics::Metrics;
-use crate::model::{LoadedModel, TensorInfo};
+use crate::model::{GrantedModel, ModelHandle, TensorInfo};
 use crate::sandbox::{self, OutputTail};
 use crate::tensor::{DType, Tensor, TensorError};
 use crate::untrusted::{self, MAX_BATCH_SIZE, MAX_JSON_DEPTH, escape_control, guest_text};
@@ -18,23 +19,6 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-
-/// A model granted to a plugin, loaded in the host.
-pub struct GrantedModel {
-    /// Name in the manifest.
-    pub name: String,
-    /// File, relative to the plugin directory.
-    pub path: PathBuf,
-    /// `<path>@<digest prefix>`: attached to every prediction it makes.
-    pub id: String,
-    /// The shared model.
-    pub model: Arc<LoadedModel>,
-}
-
-/// The guest's handle on a model (the WIT `model` resource).
-pub struct ModelHandle {
-    granted: Arc<GrantedModel>,
-}
 
 /// What every instance of one plugin shares.
 pub(crate) struct PluginEnv {
@@ -62,42 +46,6 @@ impl PluginEnv {
             None => ns.to_string(),
         }
     }
-}
-
-/// Beam's handler description, as the handler's `init` returned it.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct HandlerInfo {
-    /// The handler's metrics namespace, if it names one.
-    pub metrics_namespace: Option<String>,
-    /// The handler's batching kwargs.
-    pub batching: BatchingConfig,
-    /// Minimum memory, in MiB, the handler asks for.
-    pub min_ram_mb: Option<u64>,
-    /// Accelerator the handler asks for.
-    pub accelerator: Option<String>,
-    /// Beam's `share_model_across_processes`.
-    pub share_model: bool,
-    /// How examples are decoded for it.
-    pub input: InputKind,
-}
-
-/// How the host decodes each example for a handler.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum InputKind {
-    /// A nested JSON array (or tensor object) decoded into a tensor.
-    Tensor {
-        /// Element type.
-        dtype: DType,
-        /// Expected shape of one example (`None` = free dimension), if fixed.
-        shape: Option<Vec<Option<u64>>>,
-    },
-    /// Any JSON value, as JSON text.
-    Json,
-    /// A JSON string.
-    Text,
-    /// A base64 JSON string.
-    Bytes,
 }
 
 /// The handler's results for one batch.

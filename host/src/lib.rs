@@ -12,6 +12,7 @@
 pub mod batch;
 mod bindings;
 pub mod compile;
+pub mod contract;
 pub mod decode;
 pub mod dispatch;
 pub mod error;

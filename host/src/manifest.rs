@@ -3,7 +3,6 @@
 //! Every error names the file, the key and what was expected; nothing here panics on
 //! bad input.
 
-use crate::model::BackendKind;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
@@ -486,6 +485,48 @@ fn check_relative(path: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Which engine runs a model.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract-onnx, pure Rust, built in.
+    #[default]
+    Tract,
+    /// onnxruntime, its shared library loaded at run time.
+    #[serde(alias = "ort")]
+    Onnxruntime,
+}
+
+impl BackendKind {
+    /// The name used in `plugin.toml` and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(BackendKind::Tract),
+            "onnxruntime" | "ort" => Ok(BackendKind::Onnxruntime),
+            _ => Err(format!("unknown backend `{s}` (tract or onnxruntime)")),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,23 @@ pub trait Backend: Send + Sync {
     fn run(&self, inputs: &[&Tensor]) -> Result<Vec<Tensor>, ModelError>;
 }
 
+/// A model granted to a plugin, loaded in the host: a `[models]` name bound to a file.
+pub struct GrantedModel {
+    /// Name in the manifest.
+    pub name: String,
+    /// File, relative to the plugin directory.
+    pub path: PathBuf,
+    /// `<path>@<digest prefix>`: attached to every prediction it makes.
+    pub id: String,
+    /// The shared model.
+    pub model: Arc<LoadedModel>,
+}
+
+/// The guest's handle on a granted model (the WIT `model` resource).
+pub struct ModelHandle {
+    pub(crate) granted: Arc<GrantedModel>,
+}
+
 /// A model loaded in the host.
 pub struct LoadedModel {
     digest: String,
@@ -189,47 +206,7 @@ fn check_fits(info: &TensorInfo, tensor: &Tensor) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// Which engine runs a model.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendKind {
-    /// tract-onnx, pure Rust, built in.
-    #[default]
-    Tract,
-    /// onnxruntime, its shared library loaded at run time.
-    #[serde(alias = "ort")]
-    Onnxruntime,
-}
-
-impl BackendKind {
-    /// The name used in `plugin.toml` and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Tract => "tract",
-            BackendKind::Onnxruntime => "onnxruntime",
-        }
-    }
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl std::str::FromStr for BackendKind {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "tract" => Ok(BackendKind::Tract),
-            "onnxruntime" | "ort" => Ok(BackendKind::Onnxruntime),
-            _ => Err(format!("unknown backend `{s}` (tract or onnxruntime)")),
-        }
-    }
-}
+pub use crate::manifest::BackendKind;
 
 /// How the onnxruntime backend finds its library and runs sessions.
 #[derive(Clone, Debug)]

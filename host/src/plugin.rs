@@ -8,12 +8,11 @@
 use crate::bindings::HandlerPre;
 use crate::compile::{self, CompileReport};
 use crate::error::{ErrorCode, InferenceError, PluginError};
-use crate::host::Host;
-use crate::instance::{
-    GrantedModel, HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv,
-};
+use crate::host::{Host, KeyedModelSet, plugin_dirs};
+use crate::instance::{HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv};
 use crate::manifest::{BatchingConfig, KeyName, Manifest, ModelEntry};
 use crate::metrics::PluginMetrics;
+use crate::model::GrantedModel;
 use crate::value::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -74,7 +73,26 @@ impl ModelSet {
 /// One `[[key_models]]` entry and its model set while loaded.
 pub struct KeySet {
     models: BTreeMap<String, ModelEntry>,
-    pub(crate) live: Mutex<Option<Arc<ModelSet>>>,
+    live: Mutex<Option<Arc<ModelSet>>>,
+    metrics: Arc<PluginMetrics>,
+}
+
+impl KeyedModelSet for KeySet {
+    fn is_loaded(&self) -> bool {
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn unload(&self) -> bool {
+        let set = self.live.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(set) = &set {
+            self.metrics.model_unloaded(set.model_id());
+            tracing::info!(model_id = set.model_id(), "per-key model set evicted");
+        }
+        set.is_some()
+    }
 }
 
 /// A plugin ready to serve.
@@ -181,6 +199,7 @@ impl Plugin {
             key_sets.push(Arc::new(KeySet {
                 models: mapping.models.clone(),
                 live: Mutex::new(None),
+                metrics: metrics.clone(),
             }));
         }
         tracing::info!(
@@ -366,7 +385,8 @@ impl Plugin {
         if let Some(set) = live.as_ref() {
             let set = set.clone();
             drop(live);
-            self.host.touch_key_set(slot, &self.metrics);
+            self.host
+                .touch_key_set(&(slot.clone() as Arc<dyn KeyedModelSet>));
             return Ok(set);
         }
         let start = Instant::now();
@@ -383,7 +403,8 @@ impl Plugin {
             .model_loaded(&set.model_id, model_bytes(&set.env), start.elapsed());
         *live = Some(set.clone());
         drop(live);
-        self.host.touch_key_set(slot, &self.metrics);
+        self.host
+            .touch_key_set(&(slot.clone() as Arc<dyn KeyedModelSet>));
         self.host.enforce_key_set_cap();
         Ok(set)
     }
@@ -436,6 +457,42 @@ impl Plugin {
                 .push(instance),
         }
         result
+    }
+}
+
+/// Loading lives here, not in `host`: the host is what plugins share and knows no
+/// plugin.
+impl Host {
+    /// Loads the plugin in `dir` (a directory with a `plugin.toml`).
+    pub fn load_plugin(&self, dir: &Path) -> Result<Plugin, PluginError> {
+        Plugin::load(self, dir)
+    }
+
+    /// Loads the plugin called `name` from the plugin root.
+    pub fn load_plugin_named(&self, root: &Path, name: &str) -> Result<Plugin, PluginError> {
+        let dirs = plugin_dirs(root);
+        let found = dirs.iter().find(|dir| {
+            dir.file_name().is_some_and(|n| n == name)
+                || crate::manifest::Manifest::load(dir).is_ok_and(|m| m.name == name)
+        });
+        match found {
+            Some(dir) => self.load_plugin(dir),
+            None => Err(PluginError::NotFound {
+                name: name.to_string(),
+                root: root.to_path_buf(),
+                available: {
+                    let names: Vec<String> = dirs
+                        .iter()
+                        .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+                        .collect();
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(", ")
+                    }
+                },
+            }),
+        }
     }
 }
 

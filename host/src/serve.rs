@@ -5,9 +5,9 @@
 //! many clients are batched together. A full queue is refused at once (503), and a
 //! request waits at most its timeout.
 
+use crate::contract::InputKind;
 use crate::error::{ErrorCode, InferenceError};
 use crate::host::Host;
-use crate::instance::InputKind;
 use crate::tensor::{DType, Tensor};
 use crate::value::Value;
 use crate::watch::{LivePlugin, PluginRoot};
