@@ -385,7 +385,8 @@ fn runtime(args: &Args) -> Result<()> {
                             queue_capacity: 100_000,
                             inference_args: vec![],
                         },
-                    );
+                    )
+                    .expect("worker threads start");
                     let count = rate as usize;
                     let period = Duration::from_secs_f64(1.0 / rate);
                     let start = tokio::time::Instant::now();
@@ -453,7 +454,8 @@ fn open_loop(plugin: &std::sync::Arc<runinfer::Plugin>, rate: f64, secs: f64) ->
                 queue_capacity: 100_000,
                 inference_args: vec![],
             },
-        );
+        )
+        .expect("worker threads start");
         let count = (rate * secs) as usize;
         let period = Duration::from_secs_f64(1.0 / rate);
         let start = tokio::time::Instant::now();

@@ -88,8 +88,10 @@ struct WorkerContext {
 }
 
 impl Dispatcher {
-    /// A dispatcher for `plugin`. Must be created inside a tokio runtime.
-    pub fn new(plugin: Arc<Plugin>, options: DispatchOptions) -> Arc<Dispatcher> {
+    /// A dispatcher for `plugin`, with its worker threads. Must be created inside a
+    /// tokio runtime. Fails (instead of panicking) when a thread cannot start; the
+    /// workers already started then end.
+    pub fn new(plugin: Arc<Plugin>, options: DispatchOptions) -> std::io::Result<Arc<Dispatcher>> {
         let instances = options.instances.max(1);
         let stats = Arc::new(Stats::default());
         let (work, inbox) = std::sync::mpsc::channel::<Work>();
@@ -113,17 +115,16 @@ impl Dispatcher {
                             Err(_) => return,
                         }
                     }
-                })
-                .expect("cannot start a worker thread");
+                })?;
         }
-        Arc::new(Dispatcher {
+        Ok(Arc::new(Dispatcher {
             permits: Arc::new(Semaphore::new(instances * 2)),
             plugin,
             options,
             queues: Mutex::new(HashMap::new()),
             work,
             stats,
-        })
+        }))
     }
 
     /// The plugin served.

@@ -114,7 +114,7 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: &Engine, tick: Duration) -> EpochTicker {
+    fn start(engine: &Engine, tick: Duration) -> std::io::Result<EpochTicker> {
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = stop.clone();
@@ -128,9 +128,8 @@ impl EpochTicker {
                         None => break,
                     }
                 }
-            })
-            .expect("cannot start the epoch thread");
-        EpochTicker { stop }
+            })?;
+        Ok(EpochTicker { stop })
     }
 }
 
@@ -159,7 +158,7 @@ impl Host {
         // instance's WASI context grants nothing.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
-        let ticker = EpochTicker::start(&engine, config.epoch_tick);
+        let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
         let metrics = Arc::new(Metrics::new());
         let models = ModelRegistry::new(metrics.model_loads(), config.onnxruntime.clone());
         Ok(Host {

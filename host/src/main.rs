@@ -348,7 +348,7 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     } else {
         let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
         let summary = runtime.block_on(async {
-            let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options));
+            let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options))?;
             run_async(
                 &dispatcher,
                 input,

@@ -119,7 +119,7 @@ pub fn run_jsonl(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(plugin, options));
+        let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(plugin, options))?;
         run_async(
             &dispatcher,
             Box::new(input),

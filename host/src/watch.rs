@@ -194,10 +194,20 @@ impl PluginRoot {
             if known_failure {
                 continue;
             }
-            match self.host.load_plugin(dir) {
-                Ok(plugin) => {
+            let started = self
+                .host
+                .load_plugin(dir)
+                .map_err(|e| e.to_string())
+                .and_then(|plugin| {
                     let plugin = Arc::new(plugin);
-                    let dispatcher = Dispatcher::new(plugin.clone(), (self.options)(&plugin));
+                    Dispatcher::new(plugin.clone(), (self.options)(&plugin))
+                        .map(|dispatcher| (plugin, dispatcher))
+                        .map_err(|e| {
+                            format!("plugin `{name}`: cannot start its worker threads: {e}")
+                        })
+                });
+            match started {
+                Ok((plugin, dispatcher)) => {
                     let new = Arc::new(LivePlugin {
                         plugin,
                         dispatcher,
@@ -220,13 +230,13 @@ impl PluginRoot {
                         None => tracing::info!(plugin = %name, "plugin loaded"),
                     }
                 }
-                Err(e) => {
+                Err(reason) => {
                     self.failures.inc();
-                    tracing::error!(plugin = %name, error = %e, "plugin failed to load; skipped");
+                    tracing::error!(plugin = %name, error = %reason, "plugin failed to load; skipped");
                     self.failed
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.clone(), (e.to_string(), print));
+                        .insert(name.clone(), (reason, print));
                 }
             }
         }
