@@ -509,7 +509,9 @@ fn list(common: CommonArgs) -> Result<std::process::ExitCode> {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                println!("{name:<16} FAILED  {e}");
+                // A plugin's error may quote its model file's names: one line each.
+                let reason = runinfer::untrusted::escape_control(&e.to_string()).into_owned();
+                println!("{name:<16} FAILED  {reason}");
             }
         }
     }

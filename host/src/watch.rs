@@ -197,7 +197,8 @@ impl PluginRoot {
             let started = self
                 .host
                 .load_plugin(dir)
-                .map_err(|e| e.to_string())
+                // Engines' errors quote names from the tenant's model file.
+                .map_err(|e| crate::untrusted::escape_control(&e.to_string()).into_owned())
                 .and_then(|plugin| {
                     let plugin = Arc::new(plugin);
                     Dispatcher::new(plugin.clone(), (self.options)(&plugin))
@@ -245,7 +246,8 @@ impl PluginRoot {
     fn refresh(&self, name: &str, live: &LivePlugin) {
         if let Err(e) = live.plugin.refresh_models() {
             self.refresh_failures.inc();
-            tracing::error!(plugin = %name, error = %e, "model refresh failed; the old model keeps serving");
+            let error = crate::untrusted::escape_control(&e.to_string()).into_owned();
+            tracing::error!(plugin = %name, %error, "model refresh failed; the old model keeps serving");
         }
     }
 
