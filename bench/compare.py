@@ -166,6 +166,9 @@ def agree(data, runinfer_out, beam_out, tolerance=1e-5):
     worst = 0.0
     for i, (example, ours) in enumerate(zip(inputs, outputs)):
         theirs = beam_by_line[example]
+        # onnx-tensor writes a one-output model's inference as the tensor itself.
+        if not isinstance(ours, dict) and len(theirs) == 1:
+            ours = {next(iter(theirs)): ours}
         if sorted(ours) != sorted(theirs):
             raise SystemExit(f"line {i}: outputs {sorted(ours)} vs Beam's {sorted(theirs)}")
         for key in ours:
