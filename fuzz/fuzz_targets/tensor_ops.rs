@@ -3,22 +3,13 @@
 //! panic, and the sandbox's accounting bounds what they make.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use runinfer::tensor::{DType, Tensor};
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
 
-const DTYPES: [DType; 11] = [
-    DType::F32,
-    DType::F64,
-    DType::I8,
-    DType::I16,
-    DType::I32,
-    DType::I64,
-    DType::U8,
-    DType::U16,
-    DType::U32,
-    DType::U64,
-    DType::Boolean,
-];
+use common::DTYPES;
+use libfuzzer_sys::fuzz_target;
+use runinfer::tensor::Tensor;
 
 fuzz_target!(|data: &[u8]| {
     let [dtype, rank, rest @ ..] = data else {

@@ -54,14 +54,26 @@ impl Server {
         }
     }
 
-    /// Runs a client script with the server's address and the repository root.
-    fn client(&self, python: &std::path::Path, script: &str) -> std::process::Output {
-        Command::new(python)
+    /// Runs a client script with the server's address and the repository root, then
+    /// stops the server; the script must succeed and end with "ok". Returns what the
+    /// script printed and the server's log.
+    fn run_client(self, script: &str) -> (String, String) {
+        let client = Command::new(client_python())
             .arg(root().join(script))
             .arg(&self.address)
             .arg(root())
             .output()
-            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
+        let log = self.stop();
+        assert!(
+            client.status.success(),
+            "client failed:\n{stdout}\n{}\nserver log:\n{log}",
+            String::from_utf8_lossy(&client.stderr)
+        );
+        assert!(stdout.ends_with("ok\n"), "{stdout}");
+        println!("{stdout}");
+        (stdout, log)
     }
 
     /// SIGTERM, which must end the process with success; returns its whole stderr.
@@ -80,18 +92,7 @@ impl Server {
 
 #[test]
 fn tritonclient_and_prometheus_client_against_runinfer_serve() {
-    let python = client_python();
-    let server = Server::start(&[]);
-    let client = server.client(&python, "tests/python/oip_client.py");
-    let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
-    let log = server.stop();
-    assert!(
-        client.status.success(),
-        "client failed:\n{stdout}\n{}\nserver log:\n{log}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-    assert!(stdout.ends_with("ok\n"), "{stdout}");
-    println!("{stdout}");
+    Server::start(&[]).run_client("tests/python/oip_client.py");
 }
 
 /// Copies a plugin directory's files (not its sources) into `to`, with `manifest`.
@@ -109,7 +110,6 @@ fn plugin_copy(from: &std::path::Path, component: &str, to: &std::path::Path, ma
 
 #[test]
 fn a_hostile_tenant_cannot_take_down_the_server_the_scrape_or_its_neighbour() {
-    let python = client_python();
     let plugins = tempfile::tempdir().unwrap();
     let iris = root().join("plugins/iris");
     plugin_copy(
@@ -134,16 +134,8 @@ fn a_hostile_tenant_cannot_take_down_the_server_the_scrape_or_its_neighbour() {
             ),
         );
     }
-    let server = Server::start(&["--plugins".as_ref(), plugins.path().as_os_str()]);
-    let client = server.client(&python, "tests/python/hostile_client.py");
-    let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
-    let log = server.stop();
-    assert!(
-        client.status.success(),
-        "client failed:\n{stdout}\n{}\nserver log:\n{log}",
-        String::from_utf8_lossy(&client.stderr)
-    );
-    assert!(stdout.ends_with("ok\n"), "{stdout}");
+    let (_, log) = Server::start(&["--plugins".as_ref(), plugins.path().as_os_str()])
+        .run_client("tests/python/hostile_client.py");
     // Each refusal is logged with its reason, on one line.
     for (plugin, reason) in [
         (
@@ -161,5 +153,4 @@ fn a_hostile_tenant_cannot_take_down_the_server_the_scrape_or_its_neighbour() {
     }
     assert!(log.len() < 256 * 1024, "{} bytes of server log", log.len());
     assert!(!log.contains('\u{1b}'), "a terminal escape reached the log");
-    println!("{stdout}");
 }
