@@ -86,6 +86,27 @@ pub fn check_shape(tensor: &Tensor, want: Option<&[Option<u64>]>) -> Result<(), 
     ))
 }
 
+/// Decodes one example that came as raw bytes (an element of an Open Inference
+/// Protocol `BYTES` tensor) for a handler that takes bytes, text or JSON: the same
+/// kinds as [`decode_example`], from the raw form instead of a JSON value.
+pub fn decode_element(element: Vec<u8>, input: &InputKind) -> Result<Value, String> {
+    match input {
+        InputKind::Bytes => Ok(Value::Bytes(element)),
+        InputKind::Text | InputKind::Json => {
+            let text = String::from_utf8(element)
+                .map_err(|_| "a BYTES element is not UTF-8".to_string())?;
+            if matches!(input, InputKind::Text) {
+                Ok(Value::Text(text))
+            } else {
+                RawValue::from_string(text)
+                    .map(Value::Json)
+                    .map_err(|e| format!("not JSON: {e}"))
+            }
+        }
+        InputKind::Tensor { .. } => Err("a tensor input takes numbers, not BYTES".into()),
+    }
+}
+
 /// Decodes one example for a handler that takes `input`.
 pub fn decode_example(example: &serde_json::Value, input: &InputKind) -> Result<Value, String> {
     match input {

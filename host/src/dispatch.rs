@@ -37,6 +37,17 @@ pub struct Failure {
 /// What an example's submitter receives.
 pub type Reply = oneshot::Receiver<Result<Output, Failure>>;
 
+/// Waits for an example's result; a reply dropped unanswered (its worker gone) is an
+/// internal failure, so every example ends as an output or a failure.
+pub async fn settle(reply: Reply) -> Result<Output, Failure> {
+    reply.await.unwrap_or_else(|_| {
+        Err(Failure {
+            error: InferenceError::new(ErrorCode::Internal, "the example's result was lost"),
+            model_id: None,
+        })
+    })
+}
+
 struct Job {
     value: Value,
     reply: oneshot::Sender<Result<Output, Failure>>,

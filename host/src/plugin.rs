@@ -280,6 +280,12 @@ impl Plugin {
             .into_iter()
     }
 
+    /// The ids of the models serving unkeyed examples now, comma-separated (empty
+    /// without models): what predictions of the base model set carry.
+    pub fn model_id(&self) -> String {
+        self.base_set().model_id().to_string()
+    }
+
     fn base_set(&self) -> Arc<ModelSet> {
         self.base.read().unwrap_or_else(|e| e.into_inner()).clone()
     }

@@ -7,7 +7,7 @@
 
 use crate::batch::BatchPolicy;
 use crate::decode::decode_line;
-use crate::dispatch::{DispatchOptions, Dispatcher, Reply};
+use crate::dispatch::{DispatchOptions, Dispatcher, Reply, settle};
 use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::BatchingConfig;
 use crate::plugin::Plugin;
@@ -215,14 +215,9 @@ async fn run_from(
                 example,
                 reply,
             } => {
-                let result = match reply.await {
-                    Ok(Ok(output)) => Ok(output),
-                    Ok(Err(failure)) => Err((failure.error, failure.model_id)),
-                    Err(_) => Err((
-                        InferenceError::new(ErrorCode::Internal, "the example's result was lost"),
-                        None,
-                    )),
-                };
+                let result = settle(reply)
+                    .await
+                    .map_err(|failure| (failure.error, failure.model_id));
                 (key, Some(example), result)
             }
         };

@@ -202,7 +202,7 @@ fn model_metadata_json(live: &LivePlugin) -> JsonValue {
         "inputs": [input],
         "outputs": outputs,
         "parameters": {
-            "model_id": plugin.models().map(|m| m.id.clone()).collect::<Vec<_>>().join(","),
+            "model_id": plugin.model_id(),
             "namespace": plugin.namespace(),
         },
     })
@@ -439,20 +439,9 @@ fn examples(
     }
     elements
         .into_iter()
-        .map(|element| match kind {
-            InputKind::Bytes => Ok(Value::Bytes(element)),
-            _ => {
-                let text = String::from_utf8(element).map_err(|_| {
-                    bad_request(format!("input '{name}': a BYTES element is not UTF-8"))
-                })?;
-                if matches!(kind, InputKind::Text) {
-                    Ok(Value::Text(text))
-                } else {
-                    serde_json::value::RawValue::from_string(text)
-                        .map(Value::Json)
-                        .map_err(|e| bad_request(format!("input '{name}': not JSON: {e}")))
-                }
-            }
+        .map(|element| {
+            crate::decode::decode_element(element, kind)
+                .map_err(|e| bad_request(format!("input '{name}': {e}")))
         })
         .collect()
 }
@@ -751,21 +740,11 @@ async fn run_infer(
         let mut values = Vec::with_capacity(replies.len());
         let mut model_id = None;
         for reply in replies {
-            match reply.await {
-                Ok(Ok(output)) => {
-                    model_id = model_id.or(output.model_id);
-                    values.push(output.value);
-                }
-                Ok(Err(failure)) => return Err(failure.error),
-                Err(_) => {
-                    return Err(InferenceError::new(
-                        ErrorCode::Internal,
-                        "the result was lost",
-                    ));
-                }
-            }
+            let output = crate::dispatch::settle(reply).await.map_err(|f| f.error)?;
+            model_id = model_id.or(output.model_id);
+            values.push(output.value);
         }
-        Ok((values, model_id))
+        Ok::<_, InferenceError>((values, model_id))
     })
     .await;
     match gathered {

@@ -127,12 +127,7 @@ impl PluginRoot {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|(name, live)| {
-                let model_id = live
-                    .plugin
-                    .models()
-                    .map(|m| m.id.clone())
-                    .collect::<Vec<_>>()
-                    .join(",");
+                let model_id = live.plugin.model_id();
                 (name.clone(), PluginStatus::Live { model_id })
             })
             .collect();
