@@ -26,7 +26,10 @@ LINES = [
 
 
 def render(text, size):
-    font = ImageFont.truetype(FONT, size)
+    try:
+        font = ImageFont.truetype(FONT, size)
+    except OSError as e:
+        raise SystemExit(f"{FONT}: {e} (Debian's fonts-dejavu-core package ships it)")
     left, top, right, bottom = font.getbbox(text)
     image = Image.new("RGB", (right - left + 16, bottom - top + 12), "white")
     ImageDraw.Draw(image).text((8 - left, 6 - top), text, font=font, fill="black")
