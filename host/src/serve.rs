@@ -8,7 +8,7 @@
 use crate::contract::InputKind;
 use crate::error::{ErrorCode, InferenceError};
 use crate::host::Host;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 use crate::value::Value;
 use crate::watch::{LivePlugin, PluginRoot};
 use axum::extract::{Path, State};
@@ -149,23 +149,6 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// The OIP datatype of a dtype.
-fn datatype(dtype: DType) -> &'static str {
-    match dtype {
-        DType::Boolean => "BOOL",
-        DType::U8 => "UINT8",
-        DType::U16 => "UINT16",
-        DType::U32 => "UINT32",
-        DType::U64 => "UINT64",
-        DType::I8 => "INT8",
-        DType::I16 => "INT16",
-        DType::I32 => "INT32",
-        DType::I64 => "INT64",
-        DType::F32 => "FP32",
-        DType::F64 => "FP64",
-    }
-}
-
 fn model_metadata_json(live: &LivePlugin) -> JsonValue {
     let plugin = &live.plugin;
     let input = match &plugin.info().input {
@@ -175,7 +158,7 @@ fn model_metadata_json(live: &LivePlugin) -> JsonValue {
                 Some(shape) => dims.extend(shape.iter().map(|d| d.map_or(json!(-1), |d| json!(d)))),
                 None => dims.push(json!(-1)),
             }
-            json!({"name": "input", "datatype": datatype(*dtype), "shape": dims})
+            json!({"name": "input", "datatype": dtype.oip_name(), "shape": dims})
         }
         _ => json!({"name": "input", "datatype": "BYTES", "shape": [-1]}),
     };
@@ -190,7 +173,7 @@ fn model_metadata_json(live: &LivePlugin) -> JsonValue {
                     .iter()
                     .map(|d| d.map_or(json!(-1), |d| json!(d)))
                     .collect();
-                json!({"name": o.name, "datatype": datatype(o.dtype), "shape": dims})
+                json!({"name": o.name, "datatype": o.dtype.oip_name(), "shape": dims})
             })
             .collect(),
         _ => vec![json!({"name": "output", "datatype": "BYTES", "shape": [-1]})],
@@ -376,10 +359,10 @@ fn examples(
         Ok(flat)
     };
     if let InputKind::Tensor { dtype, shape: want } = kind {
-        if input.datatype != datatype(*dtype) {
+        if input.datatype != dtype.oip_name() {
             return Err(bad_request(format!(
                 "input '{name}': expected datatype {}, got {}",
-                datatype(*dtype),
+                dtype.oip_name(),
                 input.datatype
             )));
         }
@@ -462,7 +445,7 @@ enum OutputData {
 impl OutputTensor {
     fn datatype(&self) -> &'static str {
         match &self.data {
-            OutputData::Tensor(t) => datatype(t.dtype()),
+            OutputData::Tensor(t) => t.dtype().oip_name(),
             OutputData::Strings(_) => "BYTES",
         }
     }
@@ -778,6 +761,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::DType;
 
     fn iris() -> InputKind {
         InputKind::Tensor {

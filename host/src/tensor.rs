@@ -36,32 +36,41 @@ pub enum DType {
     Boolean,
 }
 
+/// Every dtype with its size and names, in the declaration order of [`DType`] (which
+/// is the contract's): the one table the host reads them from.
+const DTYPES: [(DType, usize, &str, &str); 11] = [
+    // dtype, bytes, name in manifests and JSON, Open Inference Protocol datatype
+    (DType::F32, 4, "f32", "FP32"),
+    (DType::F64, 8, "f64", "FP64"),
+    (DType::I8, 1, "i8", "INT8"),
+    (DType::I16, 2, "i16", "INT16"),
+    (DType::I32, 4, "i32", "INT32"),
+    (DType::I64, 8, "i64", "INT64"),
+    (DType::U8, 1, "u8", "UINT8"),
+    (DType::U16, 2, "u16", "UINT16"),
+    (DType::U32, 4, "u32", "UINT32"),
+    (DType::U64, 8, "u64", "UINT64"),
+    (DType::Boolean, 1, "boolean", "BOOL"),
+];
+
 impl DType {
+    fn entry(self) -> &'static (DType, usize, &'static str, &'static str) {
+        &DTYPES[self as usize]
+    }
+
     /// Bytes per element.
     pub fn size(self) -> usize {
-        match self {
-            DType::I8 | DType::U8 | DType::Boolean => 1,
-            DType::I16 | DType::U16 => 2,
-            DType::F32 | DType::I32 | DType::U32 => 4,
-            DType::F64 | DType::I64 | DType::U64 => 8,
-        }
+        self.entry().1
     }
 
     /// The lowercase name used in manifests and JSON.
     pub fn name(self) -> &'static str {
-        match self {
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-            DType::I8 => "i8",
-            DType::I16 => "i16",
-            DType::I32 => "i32",
-            DType::I64 => "i64",
-            DType::U8 => "u8",
-            DType::U16 => "u16",
-            DType::U32 => "u32",
-            DType::U64 => "u64",
-            DType::Boolean => "boolean",
-        }
+        self.entry().2
+    }
+
+    /// The Open Inference Protocol (KServe v2, Triton) datatype.
+    pub fn oip_name(self) -> &'static str {
+        self.entry().3
     }
 
     fn is_float(self) -> bool {
@@ -554,6 +563,13 @@ impl Serialize for NestedRows<'_> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_dtype_table_is_in_declaration_order() {
+        for (i, (dtype, ..)) in DTYPES.iter().enumerate() {
+            assert_eq!(*dtype as usize, i, "{dtype}");
+        }
+    }
 
     #[test]
     fn numbers_past_f32_range_are_refused_not_made_infinite() {
