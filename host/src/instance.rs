@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use crate::model::{GrantedModel, ModelHandle, TensorInfo};
 use crate::sandbox::{self, OutputTail};
 use crate::tensor::{DType, Tensor, TensorError};
-use crate::untrusted::{self, MAX_BATCH_SIZE, MAX_JSON_DEPTH, escape_control, guest_text};
+use crate::untrusted::{self, MAX_JSON_DEPTH, escape_control, guest_text};
 use crate::value::Value;
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet};
@@ -361,7 +361,7 @@ fn check_info(info: &HandlerInfo) -> Result<(), untrusted::Refused> {
         && min > max
     {
         return Err(untrusted::Refused(format!(
-            "the handler's batch_elements_kwargs: min_batch_size {min} is more than max_batch_size {max} (at most {MAX_BATCH_SIZE})"
+            "the handler's batch_elements_kwargs: min_batch_size {min} is more than max_batch_size {max}; override it in [batching] of plugin.toml"
         )));
     }
     if let Some(accelerator) = &info.accelerator

@@ -458,15 +458,16 @@ impl Metrics {
                 )))
             };
         }
-        // Neither one of the host's families of this namespace nor, as a suffix, of a
-        // longer one (`twin_num_inferences` under `iris` is `iris_twin`'s).
-        let exposed = kind.exposed(name);
+        // No full name may end in one of the host's families: not this namespace's
+        // (`num_inferences`), nor a longer one's (`twin_num_inferences` under `iris`
+        // is `iris_twin`'s), nor one the namespace and the name make up together
+        // (`loaded` under `x_model` is `x`'s `model_loaded`).
+        let exposed = kind.exposed(&full);
         if let Some((reserved, _)) = PLUGIN_FAMILIES.iter().find(|(reserved, reserved_kind)| {
-            reserved_kind.exposed(reserved).iter().any(|host| {
-                exposed
-                    .iter()
-                    .any(|n| n == host || n.ends_with(&format!("_{host}")))
-            })
+            reserved_kind
+                .exposed(reserved)
+                .iter()
+                .any(|host| exposed.iter().any(|n| n.ends_with(&format!("_{host}"))))
         }) {
             return Err(Refused(format!(
                 "metric name `{name}` is reserved: the host records `{reserved}` for every plugin"
@@ -642,6 +643,14 @@ mod tests {
         m.plugin("iris_twin", "plugins/iris-twin").unwrap();
         assert!(
             m.counter_add("iris", "twin_num_inferences", 1, CAP)
+                .unwrap_err()
+                .0
+                .contains("is reserved")
+        );
+        // The namespace and the name together may not make up another's family.
+        m.plugin("x_model", "plugins/x-model").unwrap();
+        assert!(
+            m.gauge_set("x_model", "loaded", 1.0, CAP)
                 .unwrap_err()
                 .0
                 .contains("is reserved")
