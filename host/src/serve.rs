@@ -8,7 +8,7 @@
 use crate::contract::InputKind;
 use crate::error::{ErrorCode, InferenceError};
 use crate::host::Host;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use crate::value::Value;
 use crate::watch::{LivePlugin, PluginRoot};
 use axum::extract::{Path, State};
@@ -326,7 +326,7 @@ fn examples(
                 .map_err(|_| bad_request(format!("input '{name}': bad shape {:?}", input.shape)))
         })
         .collect::<Result<_, _>>()?;
-    let Some((&rows, row_shape)) = shape.split_first() else {
+    let Some(&rows) = shape.first() else {
         return Err(bad_request(format!(
             "input '{name}': the shape needs a batch dimension"
         )));
@@ -338,94 +338,117 @@ fn examples(
             "{rows} rows are more than model '{model}' queues at once ({max_rows}, `[limits] queue_size`); split the request"
         )));
     }
-    // Every size below is computed from the client's shape: checked, never wrapped.
-    let too_large = || {
-        bad_request(format!(
-            "input '{name}': shape {:?} is too large",
-            input.shape
-        ))
-    };
-    let values_needed = crate::tensor::volume(&shape).ok_or_else(too_large)?;
-    let json_data = || {
+    match kind {
+        InputKind::Tensor { dtype, shape: want } => {
+            tensor_examples(input, binary, *dtype, want.as_deref(), shape)
+        }
+        _ => bytes_examples(input, binary, kind, &shape),
+    }
+}
+
+impl RequestTensor {
+    /// An error about this input.
+    fn error(&self, message: impl std::fmt::Display) -> ApiError {
+        bad_request(format!("input '{}': {message}", self.name))
+    }
+
+    /// An error for a shape whose size does not fit a `usize`. Every size is computed
+    /// from the client's shape: checked, never wrapped.
+    fn too_large(&self) -> ApiError {
+        self.error(format!("shape {:?} is too large", self.shape))
+    }
+
+    /// The JSON `data`, flattened.
+    fn json_values(&self) -> Result<Vec<JsonValue>, ApiError> {
+        let data = self
+            .data
+            .as_ref()
+            .ok_or_else(|| self.error("has neither data nor binary_data_size"))?;
         let mut flat = Vec::new();
-        match &input.data {
-            Some(data) => flatten(data, &mut flat),
-            None => {
-                return Err(bad_request(format!(
-                    "input '{name}' has neither data nor binary_data_size"
+        flatten(data, &mut flat);
+        Ok(flat)
+    }
+}
+
+/// The rows of a tensor input, each checked against the handler's declared shape.
+fn tensor_examples(
+    input: &RequestTensor,
+    binary: Option<&[u8]>,
+    dtype: DType,
+    want: Option<&[Option<u64>]>,
+    shape: Vec<usize>,
+) -> Result<Vec<Value>, ApiError> {
+    if input.datatype != dtype.oip_name() {
+        return Err(input.error(format!(
+            "expected datatype {}, got {}",
+            dtype.oip_name(),
+            input.datatype
+        )));
+    }
+    let batch = match binary {
+        Some(raw) => Tensor::from_bytes(dtype, shape, raw.to_vec()),
+        None => {
+            let needed = crate::tensor::volume(&shape).ok_or_else(|| input.too_large())?;
+            let data = input.json_values()?;
+            if data.len() != needed {
+                return Err(input.error(format!(
+                    "shape {:?} needs {needed} values, got {}",
+                    input.shape,
+                    data.len()
                 )));
             }
+            Tensor::from_json(&json!({"shape": shape, "data": data}), dtype)
         }
-        Ok(flat)
-    };
-    if let InputKind::Tensor { dtype, shape: want } = kind {
-        if input.datatype != dtype.oip_name() {
-            return Err(bad_request(format!(
-                "input '{name}': expected datatype {}, got {}",
-                dtype.oip_name(),
-                input.datatype
-            )));
-        }
-        let batch = match binary {
-            Some(raw) => Tensor::from_bytes(*dtype, shape.clone(), raw.to_vec()),
-            None => {
-                let data = json_data()?;
-                let needed = values_needed;
-                if data.len() != needed {
-                    return Err(bad_request(format!(
-                        "input '{name}': shape {:?} needs {needed} values, got {}",
-                        input.shape,
-                        data.len()
-                    )));
-                }
-                Tensor::from_json(&json!({"shape": shape, "data": data}), *dtype)
-            }
-        }
-        .map_err(|e| bad_request(format!("input '{name}': {e}")))?;
-        let rows = batch
-            .unstack()
-            .map_err(|e| bad_request(format!("input '{name}': {e}")))?;
-        return rows
-            .into_iter()
-            .map(|row| {
-                crate::decode::check_shape(&row, want.as_deref())
-                    .map(|()| Value::Tensor(row))
-                    .map_err(|e| bad_request(format!("input '{name}': {e}")))
-            })
-            .collect();
     }
+    .map_err(|e| input.error(e))?;
+    batch
+        .unstack()
+        .map_err(|e| input.error(e))?
+        .into_iter()
+        .map(|row| {
+            crate::decode::check_shape(&row, want)
+                .map(|()| Value::Tensor(row))
+                .map_err(|e| input.error(e))
+        })
+        .collect()
+}
+
+/// The elements of a `BYTES` input, one example each (text, JSON or bytes).
+fn bytes_examples(
+    input: &RequestTensor,
+    binary: Option<&[u8]>,
+    kind: &InputKind,
+    shape: &[usize],
+) -> Result<Vec<Value>, ApiError> {
     if input.datatype != "BYTES" {
-        return Err(bad_request(format!(
-            "input '{name}': this model takes BYTES (text or JSON strings), got {}",
+        return Err(input.error(format!(
+            "this model takes BYTES (text or JSON strings), got {}",
             input.datatype
         )));
     }
     let elements: Vec<Vec<u8>> = match binary {
-        Some(raw) => split_bytes_elements(raw, name)?,
-        None => json_data()?
+        Some(raw) => split_bytes_elements(raw, &input.name)?,
+        None => input
+            .json_values()?
             .into_iter()
             .map(|element| match element {
                 JsonValue::String(text) => Ok(text.into_bytes()),
-                _ => Err(bad_request(format!(
-                    "input '{name}': BYTES elements must be strings"
-                ))),
+                _ => Err(input.error("BYTES elements must be strings")),
             })
             .collect::<Result<_, _>>()?,
     };
-    let row_len = crate::tensor::volume(row_shape).ok_or_else(too_large)?;
+    let rows = shape[0];
+    let row_len = crate::tensor::volume(&shape[1..]).ok_or_else(|| input.too_large())?;
     if elements.len() != rows.saturating_mul(row_len) || row_len != 1 {
-        return Err(bad_request(format!(
-            "input '{name}': BYTES examples need shape [N] (or [N, 1]) with N elements; shape {:?} with {} elements",
+        return Err(input.error(format!(
+            "BYTES examples need shape [N] (or [N, 1]) with N elements; shape {:?} with {} elements",
             input.shape,
             elements.len()
         )));
     }
     elements
         .into_iter()
-        .map(|element| {
-            crate::decode::decode_element(element, kind)
-                .map_err(|e| bad_request(format!("input '{name}': {e}")))
-        })
+        .map(|element| crate::decode::decode_element(element, kind).map_err(|e| input.error(e)))
         .collect()
 }
 
@@ -761,7 +784,6 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::DType;
 
     fn iris() -> InputKind {
         InputKind::Tensor {
