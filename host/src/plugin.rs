@@ -117,56 +117,14 @@ impl Plugin {
         let manifest = Manifest::load(dir)?;
         let inner = host.inner();
         let plugin = manifest.name.clone();
-        let component_path = dir.join(&manifest.component);
-        let wasm = std::fs::read(&component_path).map_err(|e| {
-            // Plugins in other languages ship sources and a build script.
-            let hint = if e.kind() == std::io::ErrorKind::NotFound && dir.join("build.sh").exists()
-            {
-                format!(" (not built yet: run {})", dir.join("build.sh").display())
-            } else {
-                String::new()
-            };
-            PluginError::Component {
-                plugin: plugin.clone(),
-                path: component_path.clone(),
-                message: format!("{e}{hint}"),
-            }
-        })?;
-        let (component, compile) =
-            compile::compile(&inner.engine, &wasm, inner.config.compile_cache.as_ref()).map_err(
-                |e| PluginError::Component {
-                    plugin: plugin.clone(),
-                    path: component_path.clone(),
-                    message: format!("{e:#}"),
-                },
-            )?;
-        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
-            plugin: plugin.clone(),
-            path: component_path.clone(),
-            message: format!("{e:#}"),
-        };
-        let pre = inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(wrong_world)?;
-        let pre = HandlerPre::new(pre).map_err(wrong_world)?;
+        let (pre, compile) = link_component(host, &manifest, dir)?;
 
         let models_start = Instant::now();
         let env = bind_models(host, &manifest, dir, &manifest.models)?;
         let models = models_start.elapsed();
 
         let start = Instant::now();
-        let first = HandlerInstance::start(
-            &pre,
-            env.clone(),
-            manifest.metrics_namespace.as_deref(),
-            &manifest.handler_args(),
-        )
-        .map_err(|(stage, source)| PluginError::Start {
-            plugin: plugin.clone(),
-            stage,
-            source,
-        })?;
+        let first = start_instance(&pre, &manifest, env.clone())?;
         let first_instance = start.elapsed();
         let info = first.info().clone();
         let namespace = first.namespace().to_string();
@@ -190,18 +148,7 @@ impl Plugin {
             models + first_instance,
         );
 
-        let mut key_sets = Vec::new();
-        let mut key_index = HashMap::new();
-        for (i, mapping) in manifest.key_models.iter().enumerate() {
-            for key in &mapping.keys {
-                key_index.insert(key.clone(), i);
-            }
-            key_sets.push(Arc::new(KeySet {
-                models: mapping.models.clone(),
-                live: Mutex::new(None),
-                metrics: metrics.clone(),
-            }));
-        }
+        let (key_sets, key_index) = key_sets(&manifest, &metrics);
         tracing::info!(
             plugin = %plugin,
             compile = ?compile.source,
@@ -416,17 +363,7 @@ impl Plugin {
     }
 
     fn start_instance(&self, env: Arc<PluginEnv>) -> Result<HandlerInstance, PluginError> {
-        HandlerInstance::start(
-            &self.pre,
-            env,
-            self.manifest.metrics_namespace.as_deref(),
-            &self.manifest.handler_args(),
-        )
-        .map_err(|(stage, source)| PluginError::Start {
-            plugin: self.name().to_string(),
-            stage,
-            source,
-        })
+        start_instance(&self.pre, &self.manifest, env)
     }
 
     /// A new instance of the base model set: instantiate, `init`, `load-model`.
@@ -464,6 +401,84 @@ impl Plugin {
         }
         result
     }
+}
+
+/// Reads and compiles (or finds in the cache) the plugin's component and links it
+/// against the host's imports.
+fn link_component(
+    host: &Host,
+    manifest: &Manifest,
+    dir: &Path,
+) -> Result<(HandlerPre<InstanceState>, CompileReport), PluginError> {
+    let inner = host.inner();
+    let path = dir.join(&manifest.component);
+    let component_error = |message: String| PluginError::Component {
+        plugin: manifest.name.clone(),
+        path: path.clone(),
+        message,
+    };
+    let wasm = std::fs::read(&path).map_err(|e| {
+        // Plugins in other languages ship sources and a build script.
+        let hint = if e.kind() == std::io::ErrorKind::NotFound && dir.join("build.sh").exists() {
+            format!(" (not built yet: run {})", dir.join("build.sh").display())
+        } else {
+            String::new()
+        };
+        component_error(format!("{e}{hint}"))
+    })?;
+    let (component, compile) =
+        compile::compile(&inner.engine, &wasm, inner.config.compile_cache.as_ref())
+            .map_err(|e| component_error(format!("{e:#}")))?;
+    let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+        plugin: manifest.name.clone(),
+        path: path.clone(),
+        message: format!("{e:#}"),
+    };
+    let pre = inner
+        .linker
+        .instantiate_pre(&component)
+        .map_err(wrong_world)?;
+    Ok((HandlerPre::new(pre).map_err(wrong_world)?, compile))
+}
+
+/// A new instance bound to `env`: instantiate, `init` with the manifest's args,
+/// `load-model`.
+fn start_instance(
+    pre: &HandlerPre<InstanceState>,
+    manifest: &Manifest,
+    env: Arc<PluginEnv>,
+) -> Result<HandlerInstance, PluginError> {
+    HandlerInstance::start(
+        pre,
+        env,
+        manifest.metrics_namespace.as_deref(),
+        &manifest.handler_args(),
+    )
+    .map_err(|(stage, source)| PluginError::Start {
+        plugin: manifest.name.clone(),
+        stage,
+        source,
+    })
+}
+
+/// The `[[key_models]]` entries, not loaded yet, and the index of each key.
+fn key_sets(
+    manifest: &Manifest,
+    metrics: &Arc<PluginMetrics>,
+) -> (Vec<Arc<KeySet>>, HashMap<KeyName, usize>) {
+    let mut sets = Vec::new();
+    let mut index = HashMap::new();
+    for (i, mapping) in manifest.key_models.iter().enumerate() {
+        for key in &mapping.keys {
+            index.insert(key.clone(), i);
+        }
+        sets.push(Arc::new(KeySet {
+            models: mapping.models.clone(),
+            live: Mutex::new(None),
+            metrics: metrics.clone(),
+        }));
+    }
+    (sets, index)
 }
 
 /// Loading lives here, not in `host`: the host is what plugins share and knows no
