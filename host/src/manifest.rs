@@ -274,6 +274,52 @@ pub struct Limits {
     pub log_messages_per_sec: u32,
 }
 
+impl Limits {
+    fn check(&self) -> Result<(), Invalid> {
+        // Instances are threads and queued examples are memory of the whole process.
+        if self.instances.is_some_and(|n| n > MAX_INSTANCES) {
+            return Err(invalid(
+                "limits.instances",
+                format!("expected at most {MAX_INSTANCES}"),
+            ));
+        }
+        if self.queue_size.is_some_and(|n| n > MAX_QUEUE_SIZE) {
+            return Err(invalid(
+                "limits.queue_size",
+                format!("expected at most {MAX_QUEUE_SIZE}"),
+            ));
+        }
+        for (key, zero) in [
+            ("limits.memory_mb", self.memory_mb == 0),
+            ("limits.queue_size", self.queue_size == Some(0)),
+            (
+                "limits.request_timeout_ms",
+                self.request_timeout_ms == Some(0),
+            ),
+            ("limits.timeout_ms", self.timeout_ms == 0),
+            ("limits.instances", self.instances == Some(0)),
+        ] {
+            if zero {
+                return Err(invalid(key, "expected at least 1"));
+            }
+        }
+        if self.max_tensor_mb == 0 || self.max_output_mb == 0 {
+            return Err(invalid(
+                "limits",
+                "max_tensor_mb and max_output_mb must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A key of the manifest and what is wrong with its value.
+struct Invalid(String, String);
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid(key.into(), message.into())
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -312,20 +358,34 @@ impl Manifest {
     }
 
     fn validate(&self, path: &Path) -> Result<(), ManifestError> {
-        let invalid = |key: &str, message: String| ManifestError::Invalid {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            message,
-        };
+        self.check_names_and_paths()
+            .and_then(|()| self.check_batching())
+            .and_then(|()| self.limits.check())
+            .and_then(|()| {
+                self.args.iter().try_for_each(|(key, value)| {
+                    arg_string(value)
+                        .map(drop)
+                        .map_err(|m| invalid(format!("args.{key}"), m))
+                })
+            })
+            .and_then(|()| self.check_key_models())
+            .map_err(|Invalid(key, message)| ManifestError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                message,
+            })
+    }
+
+    fn check_names_and_paths(&self) -> Result<(), Invalid> {
         check_name(&self.name).map_err(|m| invalid("name", m))?;
         if let Some(tenant) = &self.tenant {
             check_name(tenant).map_err(|m| invalid("tenant", m))?;
         }
         for (i, dir) in self.grants.dirs.iter().enumerate() {
-            check_relative(&dir.path).map_err(|m| invalid(&format!("grants.dirs[{i}].path"), m))?;
+            check_relative(&dir.path).map_err(|m| invalid(format!("grants.dirs[{i}].path"), m))?;
             if !dir.guest.starts_with('/') {
                 return Err(invalid(
-                    &format!("grants.dirs[{i}].guest"),
+                    format!("grants.dirs[{i}].guest"),
                     format!(
                         "expected an absolute guest path like \"/data\", got {:?}",
                         dir.guest
@@ -338,9 +398,13 @@ impl Manifest {
         }
         check_relative(&self.component).map_err(|m| invalid("component", m))?;
         for (name, entry) in &self.models {
-            check_name(name).map_err(|m| invalid(&format!("models.{name}"), m))?;
-            check_relative(entry.path()).map_err(|m| invalid(&format!("models.{name}"), m))?;
+            check_name(name).map_err(|m| invalid(format!("models.{name}"), m))?;
+            check_relative(entry.path()).map_err(|m| invalid(format!("models.{name}"), m))?;
         }
+        Ok(())
+    }
+
+    fn check_batching(&self) -> Result<(), Invalid> {
         let b = &self.batching;
         for (key, value) in [
             ("min_batch_size", b.min_batch_size),
@@ -348,7 +412,7 @@ impl Manifest {
             ("max_batch_duration_ms", b.max_batch_duration_ms),
         ] {
             crate::untrusted::check_batching_value(key, value)
-                .map_err(|e| invalid(&format!("batching.{key}"), e.0))?;
+                .map_err(|e| invalid(format!("batching.{key}"), e.0))?;
         }
         if let (Some(min), Some(max)) = (b.min_batch_size, b.max_batch_size)
             && min > max
@@ -358,69 +422,33 @@ impl Manifest {
                 format!("expected at most max_batch_size ({max}), got {min}"),
             ));
         }
-        // Instances are threads and queued examples are memory of the whole process.
-        if self.limits.instances.is_some_and(|n| n > MAX_INSTANCES) {
-            return Err(invalid(
-                "limits.instances",
-                format!("expected at most {MAX_INSTANCES}"),
-            ));
-        }
-        if self.limits.queue_size.is_some_and(|n| n > MAX_QUEUE_SIZE) {
-            return Err(invalid(
-                "limits.queue_size",
-                format!("expected at most {MAX_QUEUE_SIZE}"),
-            ));
-        }
-        if self.limits.memory_mb == 0 {
-            return Err(invalid("limits.memory_mb", "expected at least 1".into()));
-        }
-        if self.limits.queue_size == Some(0) {
-            return Err(invalid("limits.queue_size", "expected at least 1".into()));
-        }
-        if self.limits.request_timeout_ms == Some(0) {
-            return Err(invalid(
-                "limits.request_timeout_ms",
-                "expected at least 1".into(),
-            ));
-        }
-        if self.limits.timeout_ms == 0 {
-            return Err(invalid("limits.timeout_ms", "expected at least 1".into()));
-        }
-        if self.limits.max_tensor_mb == 0 || self.limits.max_output_mb == 0 {
-            return Err(invalid(
-                "limits",
-                "max_tensor_mb and max_output_mb must be at least 1".into(),
-            ));
-        }
-        if self.limits.instances == Some(0) {
-            return Err(invalid("limits.instances", "expected at least 1".into()));
-        }
-        for (key, value) in &self.args {
-            arg_string(value).map_err(|m| invalid(&format!("args.{key}"), m))?;
-        }
+        Ok(())
+    }
+
+    fn check_key_models(&self) -> Result<(), Invalid> {
         let mut seen = std::collections::HashSet::new();
         for (i, mapping) in self.key_models.iter().enumerate() {
             let at = |k: &str| format!("key_models[{i}].{k}");
             if mapping.keys.is_empty() {
-                return Err(invalid(&at("keys"), "expected at least one key".into()));
+                return Err(invalid(at("keys"), "expected at least one key"));
             }
             for key in &mapping.keys {
                 if !seen.insert(key.clone()) {
-                    return Err(invalid(&at("keys"), format!("key {key} is mapped twice")));
+                    return Err(invalid(at("keys"), format!("key {key} is mapped twice")));
                 }
             }
             if mapping.models.is_empty() {
-                return Err(invalid(&at("models"), "expected at least one model".into()));
+                return Err(invalid(at("models"), "expected at least one model"));
             }
             for (name, entry) in &mapping.models {
                 if !self.models.contains_key(name) {
                     return Err(invalid(
-                        &at(&format!("models.{name}")),
+                        at(&format!("models.{name}")),
                         format!("`{name}` is not a model of [models]"),
                     ));
                 }
                 check_relative(entry.path())
-                    .map_err(|m| invalid(&at(&format!("models.{name}")), m))?;
+                    .map_err(|m| invalid(at(&format!("models.{name}")), m))?;
             }
         }
         Ok(())
