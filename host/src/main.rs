@@ -6,10 +6,10 @@ use runinfer::compile::CompileCache;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
 use runinfer::model::{BackendKind, OnnxruntimeConfig};
-use runinfer::run::{RunOptions, dispatch_options, run_async, run_watched};
+use runinfer::run::{RunOptions, RunSummary, dispatch_options, run_async, run_watched};
 use runinfer::serve::ServeConfig;
 use runinfer::watch::PluginRoot;
-use runinfer::{Host, HostConfig, PoolingLimits};
+use runinfer::{Host, HostConfig, Plugin, PoolingLimits};
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
@@ -281,29 +281,7 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     ])?;
     let host = args.common.host()?;
     let root = args.common.plugin_root();
-    let input: Box<dyn std::io::Read + Send> = match &args.input {
-        Some(path) => {
-            Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
-        }
-        None => {
-            if std::io::stdin().is_terminal() {
-                eprintln!("runinfer: reading JSONL examples from stdin (ctrl-d ends)");
-            }
-            Box::new(std::io::stdin())
-        }
-    };
-    let mut predictions: Box<dyn Write + Send> = match &args.output {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(BufWriter::new(std::io::stdout())),
-    };
-    let mut dead_letters: Box<dyn Write + Send> = match &args.dead_letters {
-        Some(path) => Box::new(BufWriter::new(
-            File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-        )),
-        None => Box::new(std::io::stderr()),
-    };
+    let (input, mut predictions, mut dead_letters) = open_run_files(&args)?;
     let options = RunOptions {
         batching: BatchingConfig {
             max_batch_size: args.max_batch_size,
@@ -367,29 +345,71 @@ fn run(args: RunArgs) -> Result<std::process::ExitCode> {
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     if !args.quiet {
-        let report = plugin.load_report();
-        let secs = summary.elapsed.as_secs_f64();
-        eprintln!(
-            "runinfer: {} lines -> {} predictions, {} dead letters ({} undecodable, {} of {} batches failed) in {:.3} s ({:.0} lines/s); plugin `{}` ready in {:.1} ms (component {:?} in {:.1} ms)",
-            summary.lines,
-            summary.predictions,
-            summary.dead_letters,
-            summary.decode_failures,
-            summary.failed_batches,
-            summary.batches,
-            secs,
-            summary.lines as f64 / secs.max(1e-9),
-            plugin.name(),
-            (report.compile.duration + report.models + report.first_instance).as_secs_f64() * 1e3,
-            report.compile.source,
-            report.compile.duration.as_secs_f64() * 1e3,
-        );
+        print_summary(&plugin, &summary);
     }
     if let Some(reason) = summary.stopped {
         eprintln!("runinfer: stopped: {reason} (--max-failure-ratio)");
         return Ok(std::process::ExitCode::from(3));
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// A `run`'s streams: input (file or stdin), predictions (file or stdout) and dead
+/// letters (file or stderr).
+#[allow(clippy::type_complexity)]
+fn open_run_files(
+    args: &RunArgs,
+) -> Result<(
+    Box<dyn std::io::Read + Send>,
+    Box<dyn Write + Send>,
+    Box<dyn Write + Send>,
+)> {
+    let input: Box<dyn std::io::Read + Send> = match &args.input {
+        Some(path) => {
+            Box::new(File::open(path).with_context(|| format!("cannot open {}", path.display()))?)
+        }
+        None => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("runinfer: reading JSONL examples from stdin (ctrl-d ends)");
+            }
+            Box::new(std::io::stdin())
+        }
+    };
+    let create = |path: &std::path::Path| -> Result<Box<dyn Write + Send>> {
+        Ok(Box::new(BufWriter::new(File::create(path).with_context(
+            || format!("cannot create {}", path.display()),
+        )?)))
+    };
+    let predictions = match &args.output {
+        Some(path) => create(path)?,
+        None => Box::new(BufWriter::new(std::io::stdout())),
+    };
+    let dead_letters = match &args.dead_letters {
+        Some(path) => create(path)?,
+        None => Box::new(std::io::stderr()),
+    };
+    Ok((input, predictions, dead_letters))
+}
+
+/// The one-line summary of a `run` on stderr.
+fn print_summary(plugin: &Plugin, summary: &RunSummary) {
+    let report = plugin.load_report();
+    let secs = summary.elapsed.as_secs_f64();
+    eprintln!(
+        "runinfer: {} lines -> {} predictions, {} dead letters ({} undecodable, {} of {} batches failed) in {:.3} s ({:.0} lines/s); plugin `{}` ready in {:.1} ms (component {:?} in {:.1} ms)",
+        summary.lines,
+        summary.predictions,
+        summary.dead_letters,
+        summary.decode_failures,
+        summary.failed_batches,
+        summary.batches,
+        secs,
+        summary.lines as f64 / secs.max(1e-9),
+        plugin.name(),
+        (report.compile.duration + report.models + report.first_instance).as_secs_f64() * 1e3,
+        report.compile.source,
+        report.compile.duration.as_secs_f64() * 1e3,
+    );
 }
 
 fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
