@@ -11,7 +11,7 @@ use crate::dispatch::{DispatchOptions, Dispatcher, Reply, settle};
 use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::BatchingConfig;
 use crate::plugin::Plugin;
-use crate::sink::{DeadLetter, Prediction, Stage, write_line};
+use crate::sink::LineEnd;
 use crate::watch::PluginRoot;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
@@ -222,37 +222,16 @@ async fn run_from(
             }
         };
         summary.lines += 1;
-        match result {
-            Ok(output) => {
-                summary.predictions += 1;
-                write_line(
-                    predictions,
-                    &Prediction {
-                        key: key.as_ref(),
-                        example: example.as_ref().expect("decoded"),
-                        inference: &output.value,
-                        model_id: output.model_id.as_deref(),
-                    },
-                )?;
-            }
-            Err((error, model_id)) => {
-                summary.dead_letters += 1;
-                write_line(
-                    dead_letters,
-                    &DeadLetter {
-                        line,
-                        key: key.as_ref(),
-                        input: &input,
-                        stage: if example.is_some() {
-                            Stage::Inference
-                        } else {
-                            Stage::Decode
-                        },
-                        error: &error,
-                        model_id: model_id.as_deref(),
-                    },
-                )?;
-            }
+        let end = LineEnd {
+            line,
+            input: &input,
+            key: key.as_ref(),
+            example: example.as_ref(),
+        };
+        if end.write(&result, predictions, dead_letters)? {
+            summary.predictions += 1;
+        } else {
+            summary.dead_letters += 1;
         }
         progress.inc(1);
         // Streaming input (`tail -F events.jsonl | runinfer run`): results reach the

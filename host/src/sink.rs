@@ -1,6 +1,7 @@
 //! Where results go: one JSONL prediction per successful example (Beam's
 //! `PredictionResult`), one JSONL dead letter per failed line, with the reason.
 
+use crate::dispatch::Output;
 use crate::error::InferenceError;
 use crate::value::Value;
 use serde::Serialize;
@@ -54,4 +55,61 @@ pub struct DeadLetter<'a> {
 pub fn write_line(out: &mut (impl Write + ?Sized), value: &impl Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     out.write_all(b"\n")
+}
+
+/// One input line's end, paired back with its key and example: its prediction, or
+/// its dead letter with the reason (stage `decode` when there is no example).
+pub struct LineEnd<'a> {
+    /// 1-based input line number.
+    pub line: u64,
+    /// The input line as read.
+    pub input: &'a str,
+    /// The key of a keyed line.
+    pub key: Option<&'a serde_json::Value>,
+    /// The example, if the line decoded.
+    pub example: Option<&'a serde_json::Value>,
+}
+
+impl LineEnd<'_> {
+    /// Writes the prediction or the dead letter; returns whether it was a prediction.
+    pub fn write(
+        &self,
+        result: &Result<Output, (InferenceError, Option<String>)>,
+        predictions: &mut (impl Write + ?Sized),
+        dead_letters: &mut (impl Write + ?Sized),
+    ) -> std::io::Result<bool> {
+        match (result, self.example) {
+            (Ok(output), Some(example)) => {
+                write_line(
+                    predictions,
+                    &Prediction {
+                        key: self.key,
+                        example,
+                        inference: &output.value,
+                        model_id: output.model_id.as_deref(),
+                    },
+                )?;
+                Ok(true)
+            }
+            (Ok(_), None) => unreachable!("only a decoded example has an output"),
+            (Err((error, model_id)), example) => {
+                write_line(
+                    dead_letters,
+                    &DeadLetter {
+                        line: self.line,
+                        key: self.key,
+                        input: self.input,
+                        stage: if example.is_some() {
+                            Stage::Inference
+                        } else {
+                            Stage::Decode
+                        },
+                        error,
+                        model_id: model_id.as_deref(),
+                    },
+                )?;
+                Ok(false)
+            }
+        }
+    }
 }
