@@ -82,6 +82,104 @@ fn info(name: String, fact: &TypedFact) -> Result<TensorInfo, String> {
     Ok(TensorInfo { name, dtype, shape })
 }
 
+/// Sets the manifest's `input_shapes` (-1: a free dimension) on the model's inputs.
+fn fix_input_shapes(
+    model: &mut InferenceModel,
+    input_names: &[String],
+    input_shapes: &InputShapes,
+) -> Result<(), String> {
+    let err = |e: tract_onnx::prelude::TractError| format!("{e:#}");
+    for (name, dims) in input_shapes {
+        let ix = input_names.iter().position(|n| n == name).ok_or_else(|| {
+            format!(
+                "input_shapes: the model has no input `{name}` (inputs: {})",
+                input_names.join(", ")
+            )
+        })?;
+        let shape: Vec<TDim> = dims
+            .iter()
+            .map(|&d| match u64::try_from(d) {
+                Ok(d) => TDim::Val(d as i64),
+                Err(_) => TDim::Sym(model.symbols.new_with_prefix("dim")),
+            })
+            .collect();
+        let fact = model.input_fact(ix).map_err(err)?.clone().with_shape(shape);
+        model.set_input_fact(ix, fact).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// A model tract plans only for known sizes (`symbolic_error` says why not for free
+/// ones): plans for the free dimensions set to 1 and to 2 tell which output
+/// dimensions follow them (and that the graph plans at all), inputs of those sizes
+/// use them, and real inputs get plans of their own on first use.
+fn plan_per_shape(
+    unplanned: InferenceModel,
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+    symbolic_error: String,
+) -> Result<TractModel, String> {
+    let err = |e: tract_onnx::prelude::TractError| format!("{e:#}");
+    let inputs = input_names
+        .into_iter()
+        .enumerate()
+        .map(|(ix, name)| inference_info(name, unplanned.input_fact(ix).map_err(err)?))
+        .collect::<Result<Vec<_>, String>>()?;
+    // With every dimension known there is nothing to plan per size.
+    if inputs.iter().all(|i| i.shape.iter().all(Option::is_some)) {
+        return Err(symbolic_error);
+    }
+    let with_free = |size: usize| -> Vec<Vec<usize>> {
+        inputs
+            .iter()
+            .map(|i| {
+                i.shape
+                    .iter()
+                    .map(|d| d.map_or(size, |d| d as usize))
+                    .collect()
+            })
+            .collect()
+    };
+    let plan_for = |shapes: &[Vec<usize>]| {
+        plan_for_shapes(&unplanned, shapes)
+            .map_err(|e| format!("{symbolic_error}\n(and for fixed sizes {shapes:?}: {e})"))
+    };
+    let (one, two) = (with_free(1), with_free(2));
+    let (plan_one, plan_two) = (plan_for(&one)?, plan_for(&two)?);
+    let outputs = output_names
+        .into_iter()
+        .enumerate()
+        .map(|(ix, name)| {
+            let facts = [&plan_one, &plan_two].map(|p| {
+                p.model()
+                    .output_fact(ix)
+                    .map(|f| (f.datum_type, f.shape.as_concrete().map(<[usize]>::to_vec)))
+                    .map_err(err)
+            });
+            let [(dt, Some(a)), (_, Some(b))] = [facts[0].clone()?, facts[1].clone()?] else {
+                return Err(format!("`{name}` has no known shape"));
+            };
+            let dtype = dtype_of(dt)
+                .ok_or_else(|| format!("`{name}` has unsupported element type {dt:?}"))?;
+            let shape = a
+                .iter()
+                .zip(&b)
+                .map(|(&a, &b)| (a == b).then_some(a as u64))
+                .collect();
+            Ok(TensorInfo { name, dtype, shape })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    tracing::debug!("tract plans this model per input size: {symbolic_error}");
+    Ok(TractModel {
+        plans: Plans::PerShape {
+            unplanned,
+            plans: Mutex::new(vec![(one, plan_one), (two, plan_two)]),
+        },
+        inputs,
+        outputs,
+    })
+}
+
 /// Exporters such as skl2onnx declare a free batch dimension without a name,
 /// which tract cannot type; give each such dimension a symbol of its own.
 fn free_unknown_dims(model: &mut InferenceModel) -> TractResult<()> {
@@ -118,23 +216,7 @@ impl TractModel {
             .iter()
             .map(|o| model.node(o.node).name.clone())
             .collect::<Vec<_>>();
-        for (name, dims) in input_shapes {
-            let ix = input_names.iter().position(|n| n == name).ok_or_else(|| {
-                format!(
-                    "input_shapes: the model has no input `{name}` (inputs: {})",
-                    input_names.join(", ")
-                )
-            })?;
-            let shape: Vec<TDim> = dims
-                .iter()
-                .map(|&d| match u64::try_from(d) {
-                    Ok(d) => TDim::Val(d as i64),
-                    Err(_) => TDim::Sym(model.symbols.new_with_prefix("dim")),
-                })
-                .collect();
-            let fact = model.input_fact(ix).map_err(err)?.clone().with_shape(shape);
-            model.set_input_fact(ix, fact).map_err(err)?;
-        }
+        fix_input_shapes(&mut model, &input_names, input_shapes)?;
         free_unknown_dims(&mut model).map_err(err)?;
         let output_names = model
             .output_outlets()
@@ -163,66 +245,7 @@ impl TractModel {
             }
             Err(e) => err(e),
         };
-        let inputs = input_names
-            .into_iter()
-            .enumerate()
-            .map(|(ix, name)| inference_info(name, unplanned.input_fact(ix).map_err(err)?))
-            .collect::<Result<Vec<_>, String>>()?;
-        if inputs.iter().all(|i| i.shape.iter().all(Option::is_some)) {
-            return Err(symbolic_error);
-        }
-        // Plans for free dimensions set to 1 and to 2 tell which output dimensions
-        // follow them (and that the graph plans at all); inputs of those sizes use
-        // them. Real inputs get their own plans on first use.
-        let with_free = |size: usize| -> Vec<Vec<usize>> {
-            inputs
-                .iter()
-                .map(|i| {
-                    i.shape
-                        .iter()
-                        .map(|d| d.map_or(size, |d| d as usize))
-                        .collect()
-                })
-                .collect()
-        };
-        let plan_for = |shapes: &[Vec<usize>]| {
-            plan_for_shapes(&unplanned, shapes)
-                .map_err(|e| format!("{symbolic_error}\n(and for fixed sizes {shapes:?}: {e})"))
-        };
-        let (one, two) = (with_free(1), with_free(2));
-        let (plan_one, plan_two) = (plan_for(&one)?, plan_for(&two)?);
-        let outputs = output_names
-            .into_iter()
-            .enumerate()
-            .map(|(ix, name)| {
-                let facts = [&plan_one, &plan_two].map(|p| {
-                    p.model()
-                        .output_fact(ix)
-                        .map(|f| (f.datum_type, f.shape.as_concrete().map(<[usize]>::to_vec)))
-                        .map_err(err)
-                });
-                let [(dt, Some(a)), (_, Some(b))] = [facts[0].clone()?, facts[1].clone()?] else {
-                    return Err(format!("`{name}` has no known shape"));
-                };
-                let dtype = dtype_of(dt)
-                    .ok_or_else(|| format!("`{name}` has unsupported element type {dt:?}"))?;
-                let shape = a
-                    .iter()
-                    .zip(&b)
-                    .map(|(&a, &b)| (a == b).then_some(a as u64))
-                    .collect();
-                Ok(TensorInfo { name, dtype, shape })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        tracing::debug!("tract plans this model per input size: {symbolic_error}");
-        Ok(TractModel {
-            plans: Plans::PerShape {
-                unplanned,
-                plans: Mutex::new(vec![(one, plan_one), (two, plan_two)]),
-            },
-            inputs,
-            outputs,
-        })
+        plan_per_shape(unplanned, input_names, output_names, symbolic_error)
     }
 
     /// The plan for these input shapes.
