@@ -196,7 +196,7 @@ fn foundation(args: &Args) -> Result<()> {
         .lines()
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()?;
-    let set = plugin.model_set(None)?;
+    let set = plugin.model_set(runinfer::plugin::Route::Base)?;
     let mut call_rates = Vec::new();
     let call_batches: &[usize] = if args.suite == "calls" {
         &[32]

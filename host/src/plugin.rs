@@ -49,7 +49,13 @@ pub struct LoadReport {
 }
 
 /// Which model set serves an example.
-pub type Route = Option<usize>;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Route {
+    /// The models of `[models]`: unkeyed examples and keys no mapping names.
+    Base,
+    /// The set of the i-th `[[key_models]]` entry.
+    KeyModels(usize),
+}
 
 /// Models bound to the granted names, with the idle instances started with them.
 pub struct ModelSet {
@@ -325,12 +331,13 @@ impl Plugin {
     pub fn route(&self, key: Option<&serde_json::Value>) -> Route {
         key.and_then(KeyName::of)
             .and_then(|k| self.key_index.get(&k).copied())
+            .map_or(Route::Base, Route::KeyModels)
     }
 
     /// The model set of `route`, loading a per-key set if it is not loaded (which may
     /// evict the least recently used per-key set of the host).
     pub fn model_set(&self, route: Route) -> Result<Arc<ModelSet>, PluginError> {
-        let Some(index) = route else {
+        let Route::KeyModels(index) = route else {
             return Ok(self.base_set());
         };
         let slot = &self.key_sets[index];
