@@ -20,7 +20,8 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-/// What every instance of one plugin shares.
+/// What every instance of one model set shares (one is built per model set: the
+/// base set and each loaded per-key set of a plugin).
 pub(crate) struct PluginEnv {
     pub plugin: String,
     pub tenant: Option<String>,
