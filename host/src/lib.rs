@@ -7,6 +7,37 @@
 //! [`model`] registry on host [`tensor`]s; [`run`] writes predictions and dead letters
 //! ([`sink`]) in input order; [`metrics`] records every stage. See the README's
 //! architecture section.
+//!
+//! Embedding the host: load a plugin directory and run JSONL through it (what
+//! `runinfer run` does). This example runs as a test.
+//!
+//! ```
+//! use runinfer::run::{RunOptions, run_jsonl};
+//! use runinfer::{Host, HostConfig};
+//! use std::sync::Arc;
+//!
+//! # fn main() -> anyhow::Result<()> {
+//! let host = Host::new(HostConfig::default())?;
+//! // A plugin directory: plugin.toml, the component, its models.
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/iris");
+//! let plugin = Arc::new(host.load_plugin(&dir)?);
+//! let (mut predictions, mut dead_letters) = (Vec::new(), Vec::new());
+//! let input: &[u8] = b"[5.1, 3.5, 1.4, 0.2]\nnot json\n";
+//! let summary = run_jsonl(
+//!     &plugin,
+//!     input,
+//!     &mut predictions,
+//!     &mut dead_letters,
+//!     &RunOptions::default(),
+//! )?;
+//! assert_eq!((summary.predictions, summary.dead_letters), (1, 1));
+//! let prediction: serde_json::Value = serde_json::from_slice(&predictions)?;
+//! assert_eq!(prediction["inference"]["label"], "setosa");
+//! // The metrics of every plugin, in the Prometheus text format.
+//! assert!(host.metrics().encode().contains("iris_num_inferences_total"));
+//! # Ok(())
+//! # }
+//! ```
 #![deny(missing_docs)]
 
 pub mod batch;
