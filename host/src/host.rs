@@ -1,12 +1,12 @@
 //! The host: one wasmtime engine, linker, compile cache, model registry and metrics,
 //! shared by every plugin.
 
-use crate::bindings::Handler;
-use crate::compile::CompileCache;
-use crate::instance::InstanceState;
 use crate::manifest::MANIFEST_FILE;
 use crate::metrics::Metrics;
 use crate::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
+use crate::plugin::compile::CompileCache;
+use crate::sandbox::bindings::Handler;
+use crate::sandbox::instance::InstanceState;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};

@@ -40,27 +40,30 @@
 //! ```
 #![deny(missing_docs)]
 
-pub mod batch;
-mod bindings;
-pub mod compile;
+// The layout follows the data flow: `frontends` (run, serve, watch) feed the
+// `pipeline` (decode, dispatch, batch, sink), whose batches run in the `sandbox` on a
+// `plugin`'s instances, which run models of the `model` registry on host `tensor`s.
+// Leaves below them: `manifest`, `contract`, `untrusted`, `error`, `value`.
+// Modules keep their paths at the crate root (`runinfer::decode`, ...).
+mod frontends;
+mod pipeline;
+mod sandbox;
+
 pub mod contract;
-pub mod decode;
-pub mod dispatch;
 pub mod error;
 pub mod host;
-pub mod instance;
 pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod plugin;
-pub mod run;
-mod sandbox;
-pub mod serve;
-pub mod sink;
 pub mod tensor;
 pub mod untrusted;
 pub mod value;
-pub mod watch;
+
+pub use frontends::{run, serve, watch};
+pub use pipeline::{batch, decode, dispatch, sink};
+pub use plugin::compile;
+pub use sandbox::instance;
 
 pub use error::{ErrorCode, InferenceError, PluginError};
 pub use host::{Host, HostConfig, PoolingLimits};

@@ -5,15 +5,19 @@
 //! `[[key_models]]` entry (Beam's `KeyModelMapping`) has its own set, loaded on first
 //! use and subject to the host's LRU cap on per-key model sets.
 
-use crate::bindings::HandlerPre;
-use crate::compile::{self, CompileReport};
+pub mod compile;
+
 use crate::error::{ErrorCode, InferenceError, PluginError};
 use crate::host::{Host, KeyedModelSet, plugin_dirs};
-use crate::instance::{HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv};
 use crate::manifest::{BatchingConfig, KeyName, Manifest, ModelEntry};
 use crate::metrics::PluginMetrics;
 use crate::model::GrantedModel;
+use crate::sandbox::bindings::HandlerPre;
+use crate::sandbox::instance::{
+    HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv,
+};
 use crate::value::Value;
+use compile::CompileReport;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};

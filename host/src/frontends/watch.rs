@@ -16,9 +16,9 @@
 //! corrupt model) is reported in [`PluginRoot::status`], logged and counted in
 //! `runinfer_plugin_load_failures_total`; the others keep serving.
 
-use crate::dispatch::{DispatchOptions, Dispatcher};
 use crate::host::{Host, plugin_dirs};
 use crate::manifest::{MANIFEST_FILE, Manifest};
+use crate::pipeline::dispatch::{DispatchOptions, Dispatcher};
 use crate::plugin::Plugin;
 use notify::Watcher;
 use std::collections::BTreeMap;

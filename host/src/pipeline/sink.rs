@@ -1,8 +1,8 @@
 //! Where results go: one JSONL prediction per successful example (Beam's
 //! `PredictionResult`), one JSONL dead letter per failed line, with the reason.
 
-use crate::dispatch::Output;
 use crate::error::InferenceError;
+use crate::pipeline::dispatch::Output;
 use crate::value::Value;
 use serde::Serialize;
 use std::io::Write;

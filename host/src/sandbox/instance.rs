@@ -1,13 +1,13 @@
 //! One sandboxed handler instance: its store, the host side of its imports (tensors,
 //! models, metrics, log) and the calls into its exports.
 
-use crate::bindings::{self, Handler, HandlerPre, api, inference, types};
 pub use crate::contract::{HandlerInfo, InputKind};
 use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::{BatchingConfig, Grants, Limits};
 use crate::metrics::Metrics;
 use crate::model::{GrantedModel, ModelHandle, TensorInfo};
-use crate::sandbox::{self, OutputTail};
+use crate::sandbox::bindings::{self, Handler, HandlerPre, api, inference, types};
+use crate::sandbox::wasi::{self, OutputTail};
 use crate::tensor::{DType, Tensor, TensorError};
 use crate::untrusted::{self, MAX_JSON_DEPTH, escape_control, guest_text};
 use crate::value::Value;
@@ -145,7 +145,7 @@ impl HandlerInstance {
         // Only what the manifest grants (nothing by default); stdout and stderr are
         // kept in a small buffer for error messages.
         let output = OutputTail::default();
-        let wasi = sandbox::wasi_context(&env.grants, &env.dir, &output).map_err(|e| {
+        let wasi = wasi::wasi_context(&env.grants, &env.dir, &output).map_err(|e| {
             (
                 "instantiate",
                 InferenceError::new(ErrorCode::Internal, format!("cannot grant [grants]: {e:#}")),

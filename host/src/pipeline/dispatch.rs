@@ -1,13 +1,13 @@
 //! The runtime of one plugin: examples are queued per model set, formed into batches
-//! ([`crate::batch`]) and run in parallel on warm instances; each example gets its
+//! ([`crate::pipeline::batch`]) and run in parallel on warm instances; each example gets its
 //! own result back. `run` (JSONL) and serving feed the same dispatcher.
 //!
 //! Batches run on `instances` dedicated worker threads (wasm calls are synchronous).
 //! Up to two batches per worker may be formed ahead, so a worker finds its next batch
 //! waiting instead of being woken for it.
 
-use crate::batch::{BatchPolicy, BatchSizer, Queued, next_batch};
 use crate::error::{ErrorCode, InferenceError};
+use crate::pipeline::batch::{BatchPolicy, BatchSizer, Queued, next_batch};
 use crate::plugin::{Plugin, Route};
 use crate::value::Value;
 use std::collections::HashMap;

@@ -5,14 +5,14 @@
 //! input order. Every input line ends as exactly one prediction or one dead letter,
 //! unless the run is stopped by `max_failure_ratio`.
 
-use crate::batch::BatchPolicy;
-use crate::decode::decode_line;
-use crate::dispatch::{DispatchOptions, Dispatcher, Reply, settle};
 use crate::error::{ErrorCode, InferenceError};
+use crate::frontends::watch::PluginRoot;
 use crate::manifest::BatchingConfig;
+use crate::pipeline::batch::BatchPolicy;
+use crate::pipeline::decode::decode_line;
+use crate::pipeline::dispatch::{DispatchOptions, Dispatcher, Reply, settle};
+use crate::pipeline::sink::LineEnd;
 use crate::plugin::Plugin;
-use crate::sink::LineEnd;
-use crate::watch::PluginRoot;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

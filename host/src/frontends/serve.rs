@@ -7,10 +7,10 @@
 
 use crate::contract::InputKind;
 use crate::error::{ErrorCode, InferenceError};
+use crate::frontends::watch::{LivePlugin, PluginRoot};
 use crate::host::Host;
 use crate::tensor::{DType, Tensor};
 use crate::value::Value;
-use crate::watch::{LivePlugin, PluginRoot};
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
@@ -120,7 +120,7 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
         .root
         .status()
         .values()
-        .any(|s| matches!(s, crate::watch::PluginStatus::Live { .. }))
+        .any(|s| matches!(s, crate::frontends::watch::PluginStatus::Live { .. }))
     {
         Json(json!({"ready": true})).into_response()
     } else {
@@ -406,7 +406,7 @@ fn tensor_examples(
         .map_err(|e| input.error(e))?
         .into_iter()
         .map(|row| {
-            crate::decode::check_shape(&row, want)
+            crate::pipeline::decode::check_shape(&row, want)
                 .map(|()| Value::Tensor(row))
                 .map_err(|e| input.error(e))
         })
@@ -448,7 +448,9 @@ fn bytes_examples(
     }
     elements
         .into_iter()
-        .map(|element| crate::decode::decode_element(element, kind).map_err(|e| input.error(e)))
+        .map(|element| {
+            crate::pipeline::decode::decode_element(element, kind).map_err(|e| input.error(e))
+        })
         .collect()
 }
 
@@ -746,7 +748,9 @@ async fn run_infer(
         let mut values = Vec::with_capacity(replies.len());
         let mut model_id = None;
         for reply in replies {
-            let output = crate::dispatch::settle(reply).await.map_err(|f| f.error)?;
+            let output = crate::pipeline::dispatch::settle(reply)
+                .await
+                .map_err(|f| f.error)?;
             model_id = model_id.or(output.model_id);
             values.push(output.value);
         }

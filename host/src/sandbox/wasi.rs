@@ -1,0 +1,139 @@
+//! What an instance may reach outside its own memory: the WASI context built from the
+//! manifest's `[grants]` (nothing by default), and a bounded capture of what the
+//! guest prints, so that a panic's message reaches the dead letter.
+
+use crate::manifest::Grants;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+/// Bytes of guest output kept (the most recent).
+const TAIL_BYTES: usize = 4096;
+
+/// The last few KiB a guest wrote to stdout or stderr. Writes never fail and never
+/// grow memory past the bound.
+#[derive(Clone, Default)]
+pub(crate) struct OutputTail(Arc<Mutex<Vec<u8>>>);
+
+impl OutputTail {
+    fn append(&self, bytes: &[u8]) {
+        let mut tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        tail.extend_from_slice(bytes);
+        if tail.len() > TAIL_BYTES {
+            let cut = tail.len() - TAIL_BYTES;
+            tail.drain(..cut);
+        }
+    }
+
+    /// Forgets what was written (before each call).
+    pub(crate) fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The last non-empty lines written, joined, if any (for error messages).
+    pub(crate) fn last_lines(&self, max_chars: usize) -> Option<String> {
+        let tail = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let text = String::from_utf8_lossy(&tail);
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        let start = text.len().saturating_sub(max_chars);
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(0);
+        // What a guest printed reaches logs and `runinfer list`: escaped, like its
+        // log lines.
+        Some(crate::untrusted::escape_control(&text[start..].replace('\n', " | ")).into_owned())
+    }
+}
+
+impl IsTerminal for OutputTail {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for OutputTail {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for OutputTail {
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for OutputTail {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.append(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for OutputTail {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.append(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The WASI context of one instance: only what `grants` names; stdout and stderr go
+/// to `output`.
+pub(crate) fn wasi_context(
+    grants: &Grants,
+    plugin_dir: &Path,
+    output: &OutputTail,
+) -> anyhow::Result<WasiCtx> {
+    let mut builder = WasiCtxBuilder::new();
+    builder.stdout(output.clone()).stderr(output.clone());
+    for (key, value) in &grants.env {
+        builder.env(key, value);
+    }
+    for dir in &grants.dirs {
+        builder.preopened_dir(plugin_dir.join(&dir.path), &dir.guest, FsPerms::ReadOnly)?;
+    }
+    if grants.network {
+        // wasmtime-wasi allows no TCP or UDP unless asked, even with every address
+        // permitted: all three are what `network = true` grants.
+        builder
+            .inherit_network()
+            .allow_ip_name_lookup(true)
+            .allow_tcp(true)
+            .allow_udp(true);
+    }
+    Ok(builder.build())
+}
