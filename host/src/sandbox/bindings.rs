@@ -7,6 +7,10 @@ wasmtime::component::bindgen!({
     world: "handler",
     path: "../wit",
     imports: { default: trappable },
+    // A host import fails with the guest's `error` or traps: one Rust type for both.
+    trappable_error_type: {
+        "runinfer:handler/types.error" => crate::sandbox::instance::HostError,
+    },
     with: {
         "runinfer:handler/types.tensor": crate::tensor::Tensor,
         "runinfer:handler/inference.model": crate::model::ModelHandle,

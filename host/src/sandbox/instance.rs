@@ -451,7 +451,41 @@ fn info_to_wit(info: &TensorInfo) -> inference::TensorInfo {
     }
 }
 
-type Guest<T> = wasmtime::Result<Result<T, types::Error>>;
+/// What a host import fails with: an `error` the guest gets back as a value, or a trap
+/// (a forged handle, a full table) that stops the call. wasmtime's
+/// `trappable_error_type` turns it into one or the other ([`types::Host::convert_error`]).
+pub enum HostError {
+    /// Returned to the guest.
+    Guest(types::Error),
+    /// Stops the call.
+    Trap(wasmtime::Error),
+}
+
+impl From<types::Error> for HostError {
+    fn from(e: types::Error) -> Self {
+        HostError::Guest(e)
+    }
+}
+
+impl From<wasmtime::Error> for HostError {
+    fn from(e: wasmtime::Error) -> Self {
+        HostError::Trap(e)
+    }
+}
+
+impl From<wasmtime::component::ResourceTableError> for HostError {
+    fn from(e: wasmtime::component::ResourceTableError) -> Self {
+        HostError::Trap(e.into())
+    }
+}
+
+impl From<TensorError> for HostError {
+    fn from(e: TensorError) -> Self {
+        HostError::Guest(tensor_error(e))
+    }
+}
+
+type Guest<T> = Result<T, HostError>;
 
 impl InstanceState {
     /// Counts `bytes` more of host tensor memory against `limits.max_tensor_mb`.
@@ -473,10 +507,8 @@ impl InstanceState {
 
     /// Admits and stores one tensor.
     fn push_one(&mut self, tensor: Tensor) -> Guest<Resource<Tensor>> {
-        if let Err(e) = self.admit(tensor.footprint()) {
-            return Ok(Err(e));
-        }
-        Ok(Ok(self.push_tensor(tensor)?))
+        self.admit(tensor.footprint())?;
+        Ok(self.push_tensor(tensor)?)
     }
 
     /// Stores an admitted tensor in the table.
@@ -489,13 +521,11 @@ impl InstanceState {
         let bytes = items
             .iter()
             .fold(0usize, |sum, (_, t)| sum.saturating_add(t.footprint()));
-        if let Err(e) = self.admit(bytes) {
-            return Ok(Err(e));
-        }
-        Ok(Ok(items
+        self.admit(bytes)?;
+        Ok(items
             .into_iter()
             .map(|(k, t)| Ok((k, self.push_tensor(t)?)))
-            .collect::<wasmtime::Result<_>>()?))
+            .collect::<wasmtime::Result<_>>()?)
     }
 
     /// Takes a tensor out of the table, releasing its bytes.
@@ -509,20 +539,21 @@ impl InstanceState {
     }
 
     fn value_to_guest(&mut self, value: Value) -> Result<types::Value, InferenceError> {
-        let exhausted =
-            |e: types::Error| InferenceError::new(ErrorCode::ResourceExhausted, e.message);
-        let trap =
-            |e: wasmtime::Error| InferenceError::new(ErrorCode::ResourceExhausted, e.to_string());
+        // The batch's own tensors past the instance's cap: the batch cannot start.
+        let exhausted = |e: HostError| {
+            let message = match e {
+                HostError::Guest(e) => e.message,
+                HostError::Trap(e) => e.to_string(),
+            };
+            InferenceError::new(ErrorCode::ResourceExhausted, message)
+        };
         Ok(match value {
             Value::Tensor(t) => {
-                let mut pushed = self
-                    .push_tensors(vec![((), t)])
-                    .map_err(trap)?
-                    .map_err(exhausted)?;
+                let mut pushed = self.push_tensors(vec![((), t)]).map_err(exhausted)?;
                 types::Value::Tensor(pushed.remove(0).1)
             }
             Value::Tensors(named) => {
-                types::Value::Tensors(self.push_tensors(named).map_err(trap)?.map_err(exhausted)?)
+                types::Value::Tensors(self.push_tensors(named).map_err(exhausted)?)
             }
             Value::Json(raw) => types::Value::Json(raw.get().to_string()),
             Value::Text(text) => types::Value::Text(text),
@@ -580,7 +611,14 @@ impl InstanceState {
     }
 }
 
-impl types::Host for InstanceState {}
+impl types::Host for InstanceState {
+    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
+        match err {
+            HostError::Guest(e) => Ok(e),
+            HostError::Trap(e) => Err(e),
+        }
+    }
+}
 
 impl types::HostTensor for InstanceState {
     fn from_bytes(
@@ -589,22 +627,12 @@ impl types::HostTensor for InstanceState {
         shape: Vec<u64>,
         data: Vec<u8>,
     ) -> Guest<Resource<Tensor>> {
-        let tensor = match shape_from_wit(&shape).and_then(|shape| {
-            Tensor::from_bytes(dtype_from_wit(dtype), shape, data).map_err(tensor_error)
-        }) {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
+        let tensor = Tensor::from_bytes(dtype_from_wit(dtype), shape_from_wit(&shape)?, data)?;
         self.push_one(tensor)
     }
 
     fn from_f32(&mut self, shape: Vec<u64>, data: Vec<f32>) -> Guest<Resource<Tensor>> {
-        let tensor = match shape_from_wit(&shape)
-            .and_then(|shape| Tensor::from_f32(shape, &data).map_err(tensor_error))
-        {
-            Ok(t) => t,
-            Err(e) => return Ok(Err(e)),
-        };
+        let tensor = Tensor::from_f32(shape_from_wit(&shape)?, &data)?;
         self.push_one(tensor)
     }
 
@@ -627,11 +655,11 @@ impl types::HostTensor for InstanceState {
     }
 
     fn to_f32(&mut self, this: Resource<Tensor>) -> Guest<Vec<f32>> {
-        Ok(Ok(self.table.get(&this)?.to_f32()))
+        Ok(self.table.get(&this)?.to_f32())
     }
 
     fn to_i64(&mut self, this: Resource<Tensor>) -> Guest<Vec<i64>> {
-        Ok(self.table.get(&this)?.to_i64().map_err(tensor_error))
+        Ok(self.table.get(&this)?.to_i64()?)
     }
 
     fn stack(&mut self, items: Vec<Resource<Tensor>>) -> Guest<Resource<Tensor>> {
@@ -639,10 +667,8 @@ impl types::HostTensor for InstanceState {
             .iter()
             .map(|r| self.table.get(r))
             .collect::<Result<Vec<_>, _>>()?;
-        match Tensor::stack(tensors) {
-            Ok(t) => self.push_one(t),
-            Err(e) => Ok(Err(tensor_error(e))),
-        }
+        let stacked = Tensor::stack(tensors)?;
+        self.push_one(stacked)
     }
 
     fn unstack(&mut self, this: Resource<Tensor>) -> Guest<Vec<Resource<Tensor>>> {
@@ -650,16 +676,11 @@ impl types::HostTensor for InstanceState {
         // small, its rows are not.
         let tensor = self.table.get(&this)?;
         let footprint = tensor.unstacked_footprint();
-        if let Err(e) = self.admit(footprint) {
-            return Ok(Err(e));
-        }
+        self.admit(footprint)?;
         self.tensor_bytes -= footprint;
-        let rows = match self.table.get(&this)?.unstack() {
-            Ok(rows) => rows,
-            Err(e) => return Ok(Err(tensor_error(e))),
-        };
+        let rows = self.table.get(&this)?.unstack()?;
         let pushed = self.push_tensors(rows.into_iter().map(|t| ((), t)).collect())?;
-        Ok(pushed.map(|rows| rows.into_iter().map(|(_, r)| r).collect()))
+        Ok(pushed.into_iter().map(|(_, r)| r).collect())
     }
 
     fn drop(&mut self, this: Resource<Tensor>) -> wasmtime::Result<()> {
@@ -674,7 +695,7 @@ impl inference::HostModel for InstanceState {
     fn open(&mut self, name: String) -> Guest<Resource<ModelHandle>> {
         let Some(granted) = self.env.models.get(&name) else {
             let granted: Vec<&str> = self.env.models.keys().map(String::as_str).collect();
-            return Ok(Err(guest_error(
+            return Err(guest_error(
                 types::ErrorCode::NotGranted,
                 format!(
                     "model `{name}` is not granted to plugin `{}` (granted: {})",
@@ -685,12 +706,13 @@ impl inference::HostModel for InstanceState {
                         granted.join(", ")
                     }
                 ),
-            )));
+            )
+            .into());
         };
         let handle = ModelHandle {
             granted: granted.clone(),
         };
-        Ok(Ok(self.table.push(handle)?))
+        Ok(self.table.push(handle)?)
     }
 
     fn id(&mut self, this: Resource<ModelHandle>) -> wasmtime::Result<String> {
@@ -737,15 +759,12 @@ impl inference::HostModel for InstanceState {
             .iter()
             .map(|(name, r)| Ok((name.clone(), self.table.get(r)?)))
             .collect::<wasmtime::Result<Vec<_>>>()?;
-        let outputs = match granted.model.run_named(named) {
-            Ok(outputs) => outputs,
-            Err(e) => {
-                return Ok(Err(guest_error(
-                    types::ErrorCode::Model,
-                    format!("model `{}`: {e}", granted.name),
-                )));
-            }
-        };
+        let outputs = granted.model.run_named(named).map_err(|e| {
+            guest_error(
+                types::ErrorCode::Model,
+                format!("model `{}`: {e}", granted.name),
+            )
+        })?;
         self.models_used.insert(granted.id.clone());
         self.push_tensors(outputs)
     }
@@ -764,14 +783,15 @@ impl InstanceState {
         record: impl FnOnce(&Metrics, &str, usize) -> Result<(), untrusted::Refused>,
     ) -> Guest<()> {
         let Some(namespace) = &self.namespace else {
-            return Ok(Err(guest_error(
+            return Err(guest_error(
                 types::ErrorCode::Unsupported,
                 "metrics can be recorded once init has returned",
-            )));
+            )
+            .into());
         };
         let cap = self.env.limits.max_custom_metrics as usize;
         Ok(record(&self.env.metrics, namespace, cap)
-            .map_err(|e| guest_error(types::ErrorCode::InvalidInput, e.0)))
+            .map_err(|e| guest_error(types::ErrorCode::InvalidInput, e.0))?)
     }
 }
 
