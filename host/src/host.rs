@@ -70,7 +70,7 @@ impl Default for HostConfig {
 }
 
 /// A per-key model set as the host's LRU cap sees it (the plugin owns the set).
-pub(crate) trait KeyedModelSet: Send + Sync {
+pub(crate) trait Evictable: Send + Sync {
     /// True while the set's models are loaded.
     fn is_loaded(&self) -> bool;
     /// Lets the models go (batches running on them finish first); true if they were
@@ -82,7 +82,7 @@ pub(crate) trait KeyedModelSet: Send + Sync {
 #[derive(Default)]
 struct KeySetLru {
     tick: u64,
-    entries: Vec<(Weak<dyn KeyedModelSet>, u64)>,
+    entries: Vec<(Weak<dyn Evictable>, u64)>,
 }
 
 /// Shared by every plugin of a process. Cheap to clone.
@@ -175,7 +175,7 @@ impl Host {
     }
 
     /// Marks a per-key model set as just used.
-    pub(crate) fn touch_key_set(&self, slot: &Arc<dyn KeyedModelSet>) {
+    pub(crate) fn touch_key_set(&self, slot: &Arc<dyn Evictable>) {
         let mut lru = self.inner.key_lru.lock().unwrap_or_else(|e| e.into_inner());
         lru.tick += 1;
         let tick = lru.tick;

@@ -72,7 +72,7 @@ pub struct Manifest {
     /// Per-key models (Beam's `KeyModelMapping`): examples with these keys run with
     /// these models bound to the granted names instead of `[models]`.
     #[serde(default)]
-    pub key_models: Vec<KeyModels>,
+    pub key_models: Vec<KeyModelMapping>,
 }
 
 /// `[grants]`: access to the outside world. Nothing is granted by default.
@@ -100,10 +100,10 @@ pub struct GrantedDir {
     pub guest: String,
 }
 
-/// One `[[key_models]]` table.
+/// One `[[key_models]]` table: Beam's `KeyModelMapping`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeyModels {
+pub struct KeyModelMapping {
     /// Keys (JSON strings or numbers of the input lines) that use these models.
     pub keys: Vec<KeyName>,
     /// Model names (granted in `[models]`) bound to other files for these keys.

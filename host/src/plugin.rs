@@ -8,7 +8,7 @@
 pub mod compile;
 
 use crate::error::{ErrorCode, InferenceError, PluginError};
-use crate::host::{Host, KeyedModelSet, plugin_dirs};
+use crate::host::{Evictable, Host, plugin_dirs};
 use crate::manifest::{BatchingConfig, KeyName, Manifest, ModelEntry};
 use crate::metrics::PluginMetrics;
 use crate::model::GrantedModel;
@@ -58,7 +58,7 @@ pub enum Route {
     /// The models of `[models]`: unkeyed examples and keys no mapping names.
     Base,
     /// The set of the i-th `[[key_models]]` entry.
-    KeyModels(usize),
+    KeyModelSet(usize),
 }
 
 /// Models bound to the granted names, with the idle instances started with them.
@@ -81,13 +81,13 @@ impl ModelSet {
 }
 
 /// One `[[key_models]]` entry and its model set while loaded.
-pub struct KeySet {
+pub struct KeyModelSet {
     models: BTreeMap<String, ModelEntry>,
     live: Mutex<Option<Arc<ModelSet>>>,
     metrics: Arc<PluginMetrics>,
 }
 
-impl KeyedModelSet for KeySet {
+impl Evictable for KeyModelSet {
     fn is_loaded(&self) -> bool {
         self.live
             .lock()
@@ -117,7 +117,7 @@ pub struct Plugin {
     metrics: Arc<PluginMetrics>,
     /// Swapped whole by a model refresh; running batches keep the set they started with.
     base: RwLock<Arc<ModelSet>>,
-    key_sets: Vec<Arc<KeySet>>,
+    key_sets: Vec<Arc<KeyModelSet>>,
     key_index: HashMap<KeyName, usize>,
     max_instances: usize,
 }
@@ -335,13 +335,13 @@ impl Plugin {
     pub fn route(&self, key: Option<&serde_json::Value>) -> Route {
         key.and_then(KeyName::of)
             .and_then(|k| self.key_index.get(&k).copied())
-            .map_or(Route::Base, Route::KeyModels)
+            .map_or(Route::Base, Route::KeyModelSet)
     }
 
     /// The model set of `route`, loading a per-key set if it is not loaded (which may
     /// evict the least recently used per-key set of the host).
     pub fn model_set(&self, route: Route) -> Result<Arc<ModelSet>, PluginError> {
-        let Route::KeyModels(index) = route else {
+        let Route::KeyModelSet(index) = route else {
             return Ok(self.base_set());
         };
         let slot = &self.key_sets[index];
@@ -350,7 +350,7 @@ impl Plugin {
             let set = set.clone();
             drop(live);
             self.host
-                .touch_key_set(&(slot.clone() as Arc<dyn KeyedModelSet>));
+                .touch_key_set(&(slot.clone() as Arc<dyn Evictable>));
             return Ok(set);
         }
         let start = Instant::now();
@@ -368,7 +368,7 @@ impl Plugin {
         *live = Some(set.clone());
         drop(live);
         self.host
-            .touch_key_set(&(slot.clone() as Arc<dyn KeyedModelSet>));
+            .touch_key_set(&(slot.clone() as Arc<dyn Evictable>));
         self.host.enforce_key_set_cap();
         Ok(set)
     }
@@ -476,14 +476,14 @@ fn start_instance(
 fn key_sets(
     manifest: &Manifest,
     metrics: &Arc<PluginMetrics>,
-) -> (Vec<Arc<KeySet>>, HashMap<KeyName, usize>) {
+) -> (Vec<Arc<KeyModelSet>>, HashMap<KeyName, usize>) {
     let mut sets = Vec::new();
     let mut index = HashMap::new();
     for (i, mapping) in manifest.key_models.iter().enumerate() {
         for key in &mapping.keys {
             index.insert(key.clone(), i);
         }
-        sets.push(Arc::new(KeySet {
+        sets.push(Arc::new(KeyModelSet {
             models: mapping.models.clone(),
             live: Mutex::new(None),
             metrics: metrics.clone(),
