@@ -7,7 +7,7 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
 # rust-toolchain.toml brings the wasm32-wasip2 target; host/build.rs builds plugins/.
-RUN cargo build --release -p runinfer \
+RUN cargo build --release -p runinfer-cli \
  && mkdir -p /out/plugins \
  && for d in plugins/*/; do \
       [ -f "$d/plugin.toml" ] || continue; \

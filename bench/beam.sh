@@ -6,5 +6,5 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 python=$("$root/scripts/python-env.sh" "$root/tests/python/requirements-beam.txt" "$root/target/py-beam")
-cargo build --release -p runinfer --manifest-path "$root/Cargo.toml" >&2
+cargo build --release -p runinfer-cli --manifest-path "$root/Cargo.toml" >&2
 exec "$python" "$root/bench/beam_compare.py" "$@"

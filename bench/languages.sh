@@ -9,5 +9,5 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 for p in iris-py iris-js iris-c; do
   "$root/plugins/$p/build.sh" >&2
 done
-cargo build --release -p runinfer --manifest-path "$root/Cargo.toml" >&2
+cargo build --release -p runinfer-cli --manifest-path "$root/Cargo.toml" >&2
 exec python3 "$root/bench/languages.py" "$@"

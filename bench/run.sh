@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 cd "$root"
-cargo build --release -p runinfer -p runinfer-bench >&2
+cargo build --release -p runinfer-cli -p runinfer-bench >&2
 scripts/install-onnxruntime.sh >/dev/null
 scripts/fetch-models.sh >/dev/null
 python=$(scripts/python-env.sh tests/python/requirements-beam.txt target/py-beam)

@@ -12,5 +12,5 @@ if ! command -v wrk >/dev/null; then
   $sudo apt-get update -qq >&2
   $sudo apt-get install -y wrk >&2
 fi
-cargo build --release -p runinfer --manifest-path "$root/Cargo.toml" >&2
+cargo build --release -p runinfer-cli --manifest-path "$root/Cargo.toml" >&2
 exec python3 "$root/bench/serve_bench.py" "$@"

@@ -1,8 +1,10 @@
-//! The end-to-end tests of the host library with the real plugins, real wasmtime and
-//! real models: one test binary (each binary links wasmtime, Cranelift, tract and
-//! ort, so one link instead of nine), one module per area; shared helpers live in
-//! `tests/support` (the `runinfer_e2e` crate).
+//! Every end-to-end test, with the real plugins, real wasmtime and real models: the
+//! library (`golden`, `hostile`, ...) and the `runinfer` binary as a user runs it
+//! (`binary`). One test binary: each links wasmtime, Cranelift, tract and ort, so
+//! one link instead of thirteen. Shared helpers live in `tests/support` (the
+//! `runinfer_e2e` crate).
 
+mod binary;
 mod golden;
 mod hostile;
 mod languages;

@@ -1,6 +1,6 @@
 """A hostile tenant against `runinfer serve`, checked with clients nobody here wrote.
 
-The plugin root (made by host/tests/binary/clients.rs) holds iris and copies of the hostile
+The plugin root (made by tests/e2e/binary/clients.rs) holds iris and copies of the hostile
 test handler: `hostile` (loads), and `batch-bomb`, `ns-forge`, `ns-thief` whose
 declared handler info the host must refuse at load. Each misdeed goes to `hostile`
 over the Open Inference Protocol; afterwards iris still answers with the golden

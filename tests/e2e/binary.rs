@@ -1,18 +1,14 @@
 //! The `runinfer` binary end to end, as a user runs it: the CLI, `runinfer serve`
-//! driven by clients nobody here wrote, and the Beam bridge. One test binary; the
-//! helpers every module uses are below.
+//! driven by clients nobody here wrote, and the Beam bridge. The helpers these
+//! modules share are below.
 
 mod beam;
 mod cli;
 mod clients;
 
+pub(crate) use runinfer_e2e::root;
 use std::path::PathBuf;
 use std::process::Command;
-
-/// The repository root.
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The `runinfer` binary of this build, run from the repository root with the
 /// tests' compile cache.

@@ -225,7 +225,7 @@ impl CommonArgs {
 
 /// The plugins bundled with the source tree this binary was built from.
 fn bundled_plugins() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/plugins"))
 }
 
 fn main() -> std::process::ExitCode {
