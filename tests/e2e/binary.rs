@@ -23,7 +23,7 @@ fn runinfer() -> Command {
 
 /// The python of a venv with `requirements` (a file of tests/python) installed from
 /// PyPI by scripts/python-env.sh on first use; a failed install fails the test.
-fn python_env(requirements: &str, venv: &str) -> PathBuf {
+pub(crate) fn python_env(requirements: &str, venv: &str) -> PathBuf {
     let out = Command::new("bash")
         .arg(root().join("scripts/python-env.sh"))
         .arg(root().join("tests/python").join(requirements))

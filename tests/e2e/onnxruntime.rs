@@ -53,16 +53,7 @@ fn tensor_plugin(name: &str, model: &std::path::Path, options: &str) -> tempfile
 /// feeds its classifier, and onnxruntime's own Python API's probabilities for each
 /// (tests/python/ppocr_reference.py): the images as JSONL, and the references.
 fn text_lines_and_reference(model: &std::path::Path) -> (Vec<u8>, Vec<Value>) {
-    let python = run_script(
-        "scripts/python-env.sh",
-        &[
-            root()
-                .join("tests/python/requirements.txt")
-                .to_str()
-                .unwrap(),
-            root().join("target/py-clients").to_str().unwrap(),
-        ],
-    );
+    let python = crate::binary::python_env("requirements.txt", "py-clients");
     let images = tempfile::NamedTempFile::new().unwrap();
     let out = std::process::Command::new(python)
         .arg(root().join("tests/python/ppocr_reference.py"))
