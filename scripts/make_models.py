@@ -73,7 +73,7 @@ def iris():
                 "example": f32_list(row),
                 "species": names[t],
                 "label": names[int(l)],
-                "probabilities": dict(zip(names, f32_list(p))),
+                "probabilities": f32_list(p),
             }
             for row, t, l, p in zip(x, data.target, labels, probs)
         ],

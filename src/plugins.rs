@@ -20,12 +20,15 @@ pub(crate) fn list(common: CommonArgs) -> Result<std::process::ExitCode> {
         match host.load_plugin(&dir) {
             Ok(plugin) => {
                 let models: Vec<String> = plugin.models().map(|m| m.id.clone()).collect();
+                let signature = &plugin.info().signature;
                 println!(
-                    "{:<16} ok      tenant={} namespace={} models=[{}]",
+                    "{:<16} ok      tenant={} namespace={} models=[{}] signature={} -> {}",
                     plugin.name(),
                     plugin.manifest().tenant.as_deref().unwrap_or("-"),
                     plugin.namespace(),
-                    models.join(", ")
+                    models.join(", "),
+                    signature.inputs,
+                    signature.outputs
                 );
             }
             Err(e) => {

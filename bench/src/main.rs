@@ -15,7 +15,6 @@ use runinfer::manifest::BatchingConfig;
 use runinfer::run::{RunOptions, run_jsonl};
 use runinfer::{Host, HostConfig};
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tract_onnx::prelude::*;
@@ -98,7 +97,7 @@ impl Native {
         #[derive(serde::Serialize)]
         struct Inference<'a> {
             label: &'a str,
-            probabilities: BTreeMap<&'a str, f32>,
+            probabilities: &'a [f32],
         }
         #[derive(serde::Serialize)]
         struct Prediction<'a> {
@@ -134,12 +133,7 @@ impl Native {
                     example,
                     inference: Inference {
                         label: self.labels[labels[i] as usize],
-                        probabilities: self
-                            .labels
-                            .iter()
-                            .copied()
-                            .zip(probs[i * 3..i * 3 + 3].iter().copied())
-                            .collect(),
+                        probabilities: &probs[i * 3..i * 3 + 3],
                     },
                     model_id: "models/iris.onnx",
                 };
@@ -210,7 +204,10 @@ fn foundation(args: &Args) -> Result<()> {
                 .chunks(batch)
                 .map(|c| {
                     c.iter()
-                        .map(|v| runinfer::decode::decode_example(v, &plugin.info().input).unwrap())
+                        .map(|v| {
+                            runinfer::decode::decode_example(v, &plugin.info().signature.inputs)
+                                .unwrap()
+                        })
                         .collect()
                 })
                 .collect();
@@ -393,9 +390,11 @@ fn runtime(args: &Args) -> Result<()> {
                     let mut waits = Vec::with_capacity(count);
                     for i in 0..count {
                         tokio::time::sleep_until(start + period * i as u32).await;
-                        let value =
-                            decode_example(&examples[i % examples.len()], &plugin.info().input)
-                                .map_err(|e| anyhow::anyhow!(e))?;
+                        let value = decode_example(
+                            &examples[i % examples.len()],
+                            &plugin.info().signature.inputs,
+                        )
+                        .map_err(|e| anyhow::anyhow!(e))?;
                         let submitted = Instant::now();
                         let reply = dispatcher.submit(None, value).await;
                         waits.push(tokio::spawn(async move {
@@ -434,7 +433,7 @@ fn open_loop(plugin: &std::sync::Arc<runinfer::Plugin>, rate: f64, secs: f64) ->
     use runinfer::dispatch::{DispatchOptions, Dispatcher};
     let example = runinfer::decode::decode_example(
         &serde_json::json!([6.3, 3.3, 6.0, 2.5]),
-        &plugin.info().input,
+        &plugin.info().signature.inputs,
     )
     .map_err(|e| anyhow::anyhow!(e))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

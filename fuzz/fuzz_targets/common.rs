@@ -1,6 +1,6 @@
 //! The element types and input kinds a fuzz input's first bytes choose between.
 
-use runinfer::instance::InputKind;
+use runinfer::contract::{FieldKind, FieldSpec, TensorSpec, ValueKind};
 use runinfer::tensor::DType;
 
 /// Every element type.
@@ -18,28 +18,37 @@ pub const DTYPES: [DType; 11] = [
     DType::Boolean,
 ];
 
-pub fn input_kind(selector: u8) -> InputKind {
-    let dtype = DTYPES[(selector as usize / 8) % DTYPES.len()];
-    match selector % 8 {
-        0 => InputKind::Tensor {
-            dtype,
-            shape: Some(vec![Some(4)]),
+pub fn input_kind(selector: u8) -> ValueKind {
+    let dtype = DTYPES[(selector as usize / 9) % DTYPES.len()];
+    let tensor = |shape: Option<Vec<Option<u64>>>| TensorSpec { dtype, shape };
+    match selector % 9 {
+        0 => ValueKind::Tensor(tensor(Some(vec![Some(4)]))),
+        1 => ValueKind::Tensor(tensor(Some(vec![None, Some(3)]))),
+        2 => ValueKind::Tensor(tensor(None)),
+        3 => ValueKind::Json,
+        4 => ValueKind::Text,
+        5 => ValueKind::Bytes,
+        6 => ValueKind::Tensor(tensor(Some(vec![None, None, None]))),
+        // A multi-input model: a sequence, its mask and a text field.
+        7 => ValueKind::Fields {
+            fields: vec![
+                FieldSpec {
+                    name: "input".into(),
+                    kind: FieldKind::Tensor(tensor(Some(vec![None]))),
+                },
+                FieldSpec {
+                    name: "mask".into(),
+                    kind: FieldKind::Tensor(TensorSpec {
+                        dtype: DType::I64,
+                        shape: Some(vec![None]),
+                    }),
+                },
+                FieldSpec {
+                    name: "text".into(),
+                    kind: FieldKind::Text,
+                },
+            ],
         },
-        1 => InputKind::Tensor {
-            dtype,
-            shape: Some(vec![None, Some(3)]),
-        },
-        2 => InputKind::Tensor { dtype, shape: None },
-        3 => InputKind::Json,
-        4 => InputKind::Text,
-        5 => InputKind::Bytes,
-        6 => InputKind::Tensor {
-            dtype,
-            shape: Some(vec![None, None, None]),
-        },
-        _ => InputKind::Tensor {
-            dtype,
-            shape: Some(vec![]),
-        },
+        _ => ValueKind::Tensor(tensor(Some(vec![]))),
     }
 }

@@ -1,7 +1,7 @@
 //! Write runinfer model handlers in Rust.
 //!
 //! A handler is a type that implements [`ModelHandler`] (Apache Beam's `ModelHandler`:
-//! only `load_model` and `run_inference` are required) and is exported with
+//! `signature`, `load_model` and `run_inference` are required) and is exported with
 //! [`export_handler!`]. `cargo build --target wasm32-wasip2 --release` then yields a
 //! WebAssembly component that the runinfer host can load from a plugin directory.
 //!
@@ -12,6 +12,9 @@
 //! struct Echo;
 //!
 //! impl ModelHandler for Echo {
+//!     fn signature(&self) -> Signature {
+//!         Signature { inputs: ValueKind::Json, outputs: ValueKind::Json }
+//!     }
 //!     fn load_model(&mut self) -> Result<(), Error> { Ok(()) }
 //!     fn run_inference(&mut self, batch: Vec<Value>, _args: &Args) -> Result<Vec<Value>, Error> {
 //!         Ok(batch)
@@ -37,12 +40,13 @@ pub mod bindings {
     });
 }
 
-pub use bindings::exports::runinfer::handler::handler_api::{
-    Batching, HandlerInfo, InputKind, ResourceHints, TensorSpec,
-};
+pub use bindings::exports::runinfer::handler::handler_api::{Batching, HandlerInfo, ResourceHints};
 pub use bindings::runinfer::handler::inference::{Model, TensorInfo};
 pub use bindings::runinfer::handler::log::Level;
-pub use bindings::runinfer::handler::types::{Dtype, Error, ErrorCode, Tensor, Value};
+pub use bindings::runinfer::handler::types::{
+    Dtype, Error, ErrorCode, Field, FieldKind, FieldSpec, Signature, Tensor, TensorSpec, Value,
+    ValueKind,
+};
 
 /// Arguments as `(name, value)` pairs: the `[args]` of `plugin.toml` for
 /// [`ModelHandler::configure`], or a request's inference args for
@@ -58,8 +62,10 @@ pub fn arg<'a>(args: &'a Args, name: &str) -> Option<&'a str> {
 
 /// A model handler: Apache Beam's `ModelHandler` as a WebAssembly component.
 ///
-/// One value of the type lives in each handler instance. Only [`load_model`] and
-/// [`run_inference`] are required; everything else has Beam's defaults.
+/// One value of the type lives in each handler instance. [`signature`], [`load_model`]
+/// and [`run_inference`] are required; everything else has Beam's defaults.
+///
+/// [`signature`]: ModelHandler::signature
 ///
 /// [`load_model`]: ModelHandler::load_model
 /// [`run_inference`]: ModelHandler::run_inference
@@ -70,13 +76,14 @@ pub trait ModelHandler: Default + 'static {
         Ok(())
     }
 
-    /// How the host decodes each example before it reaches [`run_inference`]
-    /// (JSON text by default).
+    /// The typed signature: what each example is (the host decodes it before
+    /// [`run_inference`] sees it) and what each inference is (the host checks every
+    /// one and dead-letters a batch that does not match). Asked after every
+    /// [`load_model`], so a generic handler can derive it from its model.
     ///
     /// [`run_inference`]: ModelHandler::run_inference
-    fn input_kind(&self) -> InputKind {
-        InputKind::Json
-    }
+    /// [`load_model`]: ModelHandler::load_model
+    fn signature(&self) -> Signature;
 
     /// Beam's `get_metrics_namespace`; `None` uses the plugin name.
     fn metrics_namespace(&self) -> Option<String> {
@@ -92,18 +99,14 @@ pub trait ModelHandler: Default + 'static {
         }
     }
 
-    /// Beam's `get_resource_hints`.
+    /// Beam's `get_resource_hints`: the host refuses to start an instance that
+    /// cannot meet them (`min_ram_mb` above the plugin's `[limits] memory_mb`, any
+    /// accelerator on a CPU host).
     fn resource_hints(&self) -> ResourceHints {
         ResourceHints {
             min_ram_mb: None,
             accelerator: None,
         }
-    }
-
-    /// Beam's `share_model_across_processes`. Models live in the host and are shared
-    /// by default.
-    fn share_model_across_processes(&self) -> bool {
-        true
     }
 
     /// Beam's `load_model`: open models (by the names `plugin.toml` grants) and keep
@@ -171,11 +174,22 @@ impl Value {
         }
     }
 
+    /// The named fields inside, or an `invalid-input` error.
+    pub fn into_fields(self) -> Result<Vec<(String, Field)>, Error> {
+        match self {
+            Value::Fields(fields) => Ok(fields),
+            other => Err(Error::invalid_input(format!(
+                "expected named fields, got {}",
+                other.kind()
+            ))),
+        }
+    }
+
     /// The name of this value's kind, for error messages.
     pub fn kind(&self) -> &'static str {
         match self {
             Value::Tensor(_) => "tensor",
-            Value::Tensors(_) => "tensors",
+            Value::Fields(_) => "fields",
             Value::Json(_) => "json",
             Value::Text(_) => "text",
             Value::Bytes(_) => "bytes",
@@ -183,7 +197,87 @@ impl Value {
     }
 }
 
+impl Field {
+    /// The tensor inside, or an `invalid-input` error.
+    pub fn into_tensor(self) -> Result<Tensor, Error> {
+        match self {
+            Field::Tensor(tensor) => Ok(tensor),
+            Field::Text(_) => Err(Error::invalid_input("expected a tensor field, got text")),
+        }
+    }
+}
+
+impl TensorSpec {
+    /// A tensor of `dtype` with `shape` (`None` for a free dimension).
+    pub fn new(dtype: Dtype, shape: &[Option<u64>]) -> Self {
+        TensorSpec {
+            dtype,
+            shape: Some(shape.to_vec()),
+        }
+    }
+}
+
+impl FieldSpec {
+    /// A tensor field.
+    pub fn tensor(name: &str, dtype: Dtype, shape: &[Option<u64>]) -> Self {
+        FieldSpec {
+            name: name.to_string(),
+            kind: FieldKind::Tensor(TensorSpec::new(dtype, shape)),
+        }
+    }
+
+    /// A text field (Open Inference Protocol `BYTES`).
+    pub fn text(name: &str) -> Self {
+        FieldSpec {
+            name: name.to_string(),
+            kind: FieldKind::Text,
+        }
+    }
+}
+
+impl TensorInfo {
+    /// One example's part of this model input or output: the model's shape without
+    /// its leading (batch) axis. `None` for a scalar, which has no batch axis.
+    pub fn example_spec(&self) -> Option<TensorSpec> {
+        let (_, rest) = self.shape.split_first()?;
+        Some(TensorSpec {
+            dtype: self.dtype,
+            shape: Some(rest.to_vec()),
+        })
+    }
+}
+
 impl Tensor {
+    /// Stacks a batch of examples of named tensor fields into one tensor per name,
+    /// in the first example's field order (the inputs of a multi-input model).
+    pub fn stack_fields(batch: Vec<Value>) -> Result<Vec<(String, Tensor)>, Error> {
+        let mut rows = batch
+            .into_iter()
+            .map(Value::into_fields)
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = match rows.first() {
+            Some(first) => first.iter().map(|(name, _)| name.clone()).collect(),
+            None => return Ok(Vec::new()),
+        };
+        names
+            .into_iter()
+            .map(|name| {
+                let column = rows
+                    .iter_mut()
+                    .map(|fields| {
+                        let index =
+                            fields.iter().position(|(n, _)| *n == name).ok_or_else(|| {
+                                Error::invalid_input(format!("field `{name}` is missing"))
+                            })?;
+                        fields.swap_remove(index).1.into_tensor()
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let borrowed: Vec<&Tensor> = column.iter().collect();
+                Ok((name, Tensor::stack(&borrowed)?))
+            })
+            .collect()
+    }
+
     /// Stacks a batch of tensor examples into one tensor (in the host).
     pub fn stack_values(batch: Vec<Value>) -> Result<Tensor, Error> {
         let tensors = batch
@@ -258,8 +352,6 @@ pub mod __export {
             metrics_namespace: handler.metrics_namespace(),
             batching: handler.batch_elements_kwargs(),
             resource_hints: handler.resource_hints(),
-            share_model: handler.share_model_across_processes(),
-            input: handler.input_kind(),
         };
         slot.with(|cell| *cell.borrow_mut() = Some(handler));
         Ok(info)
@@ -267,6 +359,10 @@ pub mod __export {
 
     pub fn load_model<H: ModelHandler>(slot: &'static Slot<H>) -> Result<(), Error> {
         with(slot, |handler| handler.load_model())
+    }
+
+    pub fn get_signature<H: ModelHandler>(slot: &'static Slot<H>) -> Result<Signature, Error> {
+        with(slot, |handler| Ok(handler.signature()))
     }
 
     pub fn update_model_path<H: ModelHandler>(
@@ -311,6 +407,10 @@ macro_rules! export_handler {
 
                 fn load_model() -> ::std::result::Result<(), $crate::Error> {
                     $crate::__export::load_model(&__RUNINFER_HANDLER)
+                }
+
+                fn get_signature() -> ::std::result::Result<$crate::Signature, $crate::Error> {
+                    $crate::__export::get_signature(&__RUNINFER_HANDLER)
                 }
 
                 fn update_model_path(

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Trap,
     /// The handler ran past its time limit and was stopped; the instance was discarded.
     Timeout,
+    /// The handler returned an inference that contradicts its declared signature.
+    Signature,
 }
 
 impl ErrorCode {
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Trap => "trap",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::Signature => "signature",
         }
     }
 }
@@ -100,6 +103,19 @@ pub enum PluginError {
         path: PathBuf,
         /// What does not match.
         message: String,
+    },
+    /// The component was built against another version of the contract.
+    #[error(
+        "plugin `{plugin}`: component {path} was built against runinfer:handler@{found}, this host implements runinfer:handler@{expected}; rebuild the handler against wit/handler.wit of this host (Rust: the guest-sdk of this version; Python, JavaScript, C: regenerate the bindings with componentize-py, componentize-js or wit-bindgen)",
+        expected = crate::contract::CONTRACT_VERSION
+    )]
+    ContractVersion {
+        /// Plugin name.
+        plugin: String,
+        /// The component file.
+        path: PathBuf,
+        /// The version the component names.
+        found: String,
     },
     /// A granted model cannot be loaded.
     #[error("plugin `{plugin}`: model `{model}`: {source}")]

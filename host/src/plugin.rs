@@ -7,6 +7,7 @@
 
 pub mod compile;
 
+use crate::contract::CONTRACT_VERSION;
 use crate::error::{ErrorCode, InferenceError, PluginError};
 use crate::host::{Evictable, Host, plugin_dirs};
 use crate::manifest::{BatchingConfig, KeyName, Manifest, ModelEntry};
@@ -16,6 +17,7 @@ use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::instance::{
     HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv,
 };
+use crate::untrusted;
 use crate::value::Value;
 use compile::CompileReport;
 use std::collections::{BTreeMap, HashMap};
@@ -373,8 +375,26 @@ impl Plugin {
         Ok(set)
     }
 
+    /// A new instance for one of the plugin's model sets. Examples were decoded by the
+    /// signature the plugin loaded with, so a refreshed or per-key model whose handler
+    /// declares another one is refused.
     fn start_instance(&self, env: Arc<PluginEnv>) -> Result<HandlerInstance, PluginError> {
-        start_instance(&self.pre, &self.manifest, env)
+        let instance = start_instance(&self.pre, &self.manifest, env)?;
+        let (want, got) = (&self.info.signature, &instance.info().signature);
+        if want != got {
+            return Err(PluginError::Start {
+                plugin: self.name().to_string(),
+                stage: "signature",
+                source: InferenceError::new(
+                    ErrorCode::Signature,
+                    format!(
+                        "with this model set the handler declares inputs {} and outputs {}, but the plugin serves inputs {} and outputs {}; a refreshed or per-key model must keep the signature",
+                        got.inputs, got.outputs, want.inputs, want.outputs
+                    ),
+                ),
+            });
+        }
+        Ok(instance)
     }
 
     /// A new instance of the base model set: instantiate, `init`, `load-model`.
@@ -382,9 +402,45 @@ impl Plugin {
         self.start_instance(self.base_set().env.clone())
     }
 
-    /// Runs one batch on a warm instance of `set` (blocking). An instance that trapped
-    /// or timed out is dropped; the next batch starts a fresh one.
+    /// Runs one batch on warm instances of `set` (blocking). A batch whose examples
+    /// differ in shape (ragged sequence lengths) is run as one call per shape, in order
+    /// of first appearance, and the inferences are put back in input order: a handler
+    /// never receives examples it cannot stack, and no example is padded.
     pub fn run_batch(
+        &self,
+        set: &ModelSet,
+        batch: Vec<Value>,
+        args: &[(String, String)],
+    ) -> Result<Inferences, InferenceError> {
+        let Some(groups) = shape_groups(&batch) else {
+            return self.run_call(set, batch, args);
+        };
+        let mut slots: Vec<Option<Value>> = batch.into_iter().map(Some).collect();
+        let mut values: Vec<Option<Value>> = (0..slots.len()).map(|_| None).collect();
+        let mut model_ids = std::collections::BTreeSet::new();
+        for group in groups {
+            let call = group
+                .iter()
+                .map(|&i| slots[i].take().expect("each index is in one group"))
+                .collect();
+            let done = self.run_call(set, call, args)?;
+            model_ids.extend(done.model_ids);
+            for (i, value) in group.into_iter().zip(done.values) {
+                values[i] = Some(value);
+            }
+        }
+        Ok(Inferences {
+            values: values
+                .into_iter()
+                .map(|v| v.expect("every group answered every example"))
+                .collect(),
+            model_ids: model_ids.into_iter().collect(),
+        })
+    }
+
+    /// One `run-inference` call on a warm instance of `set`. An instance that trapped
+    /// or timed out is dropped; the next call starts a fresh one.
+    fn run_call(
         &self,
         set: &ModelSet,
         batch: Vec<Value>,
@@ -414,6 +470,26 @@ impl Plugin {
     }
 }
 
+/// The indices of `batch` grouped by the shapes of their tensors, in order of first
+/// appearance; `None` when every example has the same shapes (the common case, one
+/// call).
+fn shape_groups(batch: &[Value]) -> Option<Vec<Vec<usize>>> {
+    let first = batch.first()?.shapes();
+    if batch.iter().all(|v| v.shapes() == first) {
+        return None;
+    }
+    let mut index: HashMap<Vec<&[usize]>, usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for (i, value) in batch.iter().enumerate() {
+        let group = *index.entry(value.shapes()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[group].push(i);
+    }
+    Some(groups)
+}
+
 /// Reads and compiles (or finds in the cache) the plugin's component and links it
 /// against the host's imports.
 fn link_component(
@@ -440,6 +516,15 @@ fn link_component(
     let (component, compile) =
         compile::compile(&inner.engine, &wasm, inner.config.compile_cache.as_ref())
             .map_err(|e| component_error(format!("{e:#}")))?;
+    if let Some(found) = contract_version(&component, &inner.engine)
+        && found != CONTRACT_VERSION
+    {
+        return Err(PluginError::ContractVersion {
+            plugin: manifest.name.clone(),
+            path: path.clone(),
+            found: untrusted::guest_text(&found),
+        });
+    }
     let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
         plugin: manifest.name.clone(),
         path: path.clone(),
@@ -450,6 +535,24 @@ fn link_component(
         .instantiate_pre(&component)
         .map_err(wrong_world)?;
     Ok((HandlerPre::new(pre).map_err(wrong_world)?, compile))
+}
+
+/// The `runinfer:handler` version a component was built against, from the names of
+/// its imports and exports (`runinfer:handler/handler-api@0.1.0`).
+fn contract_version(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> Option<String> {
+    let ty = component.component_type();
+    let mut names = ty
+        .exports(engine)
+        .map(|(name, _)| name.to_string())
+        .chain(ty.imports(engine).map(|(name, _)| name.to_string()));
+    names.find_map(|name| {
+        name.strip_prefix("runinfer:handler/")
+            .and_then(|rest| rest.split_once('@'))
+            .map(|(_, version)| version.to_string())
+    })
 }
 
 /// A new instance bound to `env`: instantiate, `init` with the manifest's args,

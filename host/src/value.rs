@@ -10,8 +10,9 @@ use serde_json::value::RawValue;
 pub enum Value {
     /// A tensor in host memory.
     Tensor(Tensor),
-    /// Named tensors (e.g. one row of each output of a model).
-    Tensors(Vec<(String, Tensor)>),
+    /// Named fields: the inputs of a multi-input model, the outputs of a handler
+    /// that returns several.
+    Fields(Vec<(String, Field)>),
     /// Valid JSON text.
     Json(Box<RawValue>),
     /// Text.
@@ -20,16 +21,52 @@ pub enum Value {
     Bytes(Vec<u8>),
 }
 
-/// Inferences are written as: a tensor as a nested array, named tensors as an object
-/// of nested arrays, JSON as itself, text as a string, bytes as `{"base64": "..."}`.
+/// One named part of an example or an inference.
+#[derive(Debug)]
+pub enum Field {
+    /// A tensor.
+    Tensor(Tensor),
+    /// A string.
+    Text(String),
+}
+
+impl Field {
+    /// Size of the payload in bytes.
+    pub fn byte_size(&self) -> usize {
+        match self {
+            Field::Tensor(t) => t.bytes().len(),
+            Field::Text(text) => text.len(),
+        }
+    }
+
+    /// What the field costs the host to hold (see [`Value::footprint`]).
+    pub fn footprint(&self) -> usize {
+        match self {
+            Field::Tensor(t) => t.footprint(),
+            Field::Text(text) => text.len(),
+        }
+    }
+}
+
+impl Serialize for Field {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Tensor(t) => t.serialize(serializer),
+            Field::Text(text) => text.serialize(serializer),
+        }
+    }
+}
+
+/// Inferences are written as: a tensor as a nested array, named fields as an object
+/// of nested arrays and strings, JSON as itself, text as a string, bytes as `{"base64": "..."}`.
 impl Serialize for Value {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Value::Tensor(t) => t.serialize(serializer),
-            Value::Tensors(named) => {
+            Value::Fields(named) => {
                 let mut map = serializer.serialize_map(Some(named.len()))?;
-                for (name, t) in named {
-                    map.serialize_entry(name, t)?;
+                for (name, field) in named {
+                    map.serialize_entry(name, field)?;
                 }
                 map.end()
             }
@@ -48,11 +85,38 @@ impl Serialize for Value {
 }
 
 impl Value {
+    /// The kind's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Value::Tensor(_) => "tensor",
+            Value::Fields(_) => "fields",
+            Value::Json(_) => "json",
+            Value::Text(_) => "text",
+            Value::Bytes(_) => "bytes",
+        }
+    }
+
+    /// The shapes of the value's tensors, in field order (empty for other kinds):
+    /// examples with equal shapes can be stacked into one batch.
+    pub fn shapes(&self) -> Vec<&[usize]> {
+        match self {
+            Value::Tensor(t) => vec![t.shape()],
+            Value::Fields(named) => named
+                .iter()
+                .filter_map(|(_, f)| match f {
+                    Field::Tensor(t) => Some(t.shape()),
+                    Field::Text(_) => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Size of the value's payload in bytes (Beam's `get_num_bytes`).
     pub fn byte_size(&self) -> usize {
         match self {
             Value::Tensor(t) => t.bytes().len(),
-            Value::Tensors(named) => named.iter().map(|(_, t)| t.bytes().len()).sum(),
+            Value::Fields(named) => named.iter().map(|(_, f)| f.byte_size()).sum(),
             Value::Json(raw) => raw.get().len(),
             Value::Text(text) => text.len(),
             Value::Bytes(bytes) => bytes.len(),
@@ -61,12 +125,12 @@ impl Value {
 
     /// What the value costs the host to hold and write out, for the sandbox's caps:
     /// like [`Value::byte_size`], but a tensor counts its [`Tensor::footprint`] and
-    /// named tensors their names too.
+    /// named fields their names too.
     pub fn footprint(&self) -> usize {
         match self {
             Value::Tensor(t) => t.footprint(),
-            Value::Tensors(named) => named.iter().fold(0usize, |sum, (name, t)| {
-                sum.saturating_add(name.len()).saturating_add(t.footprint())
+            Value::Fields(named) => named.iter().fold(0usize, |sum, (name, f)| {
+                sum.saturating_add(name.len()).saturating_add(f.footprint())
             }),
             other => other.byte_size(),
         }

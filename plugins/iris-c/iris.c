@@ -1,10 +1,13 @@
 // Iris classifier in C (wit-bindgen's C bindings), the same handler as plugins/iris:
 // an example is the four measurements of a flower; the inference is the species name
-// and the probability of each species. The model runs in the host (tract).
+// (`label`) and the probability of each species (`probabilities`, f32 [3]). The model
+// runs in the host (tract).
 //
 // Ownership follows wit-bindgen's C conventions: arguments of exports belong to the
 // callee (freed here), results are malloc'ed here and freed by the bindings after the
-// call, results of imports belong to the caller.
+// call, results of imports belong to the caller. The bindings' `_free` functions free
+// memory but never drop resource handles: every owned tensor is dropped here, or the
+// host keeps counting it against the instance's tensor limit.
 
 #include "handler.h"
 
@@ -59,13 +62,31 @@ bool exports_runinfer_handler_handler_api_init(handler_list_tuple2_string_string
   ret->batching.min_batch_size = (handler_option_u32_t){true, 1};
   ret->batching.max_batch_size = (handler_option_u32_t){true, 64};
   ret->batching.max_batch_duration_ms = (handler_option_u32_t){true, 10};
-  ret->share_model = true;
-  ret->input.tag = EXPORTS_RUNINFER_HANDLER_HANDLER_API_INPUT_KIND_TENSOR;
-  ret->input.val.tensor.dtype = RUNINFER_HANDLER_TYPES_DTYPE_F32;
-  ret->input.val.tensor.shape.is_some = true;
+  (void)err;
+  return true;
+}
+
+// An f32 tensor spec of one fixed dimension.
+static runinfer_handler_types_tensor_spec_t f32_vector(uint64_t length) {
   handler_option_u64_t *dims = malloc(sizeof *dims);
-  dims[0] = (handler_option_u64_t){true, 4};
-  ret->input.val.tensor.shape.val = (handler_list_option_u64_t){dims, 1};
+  dims[0] = (handler_option_u64_t){true, length};
+  runinfer_handler_types_tensor_spec_t spec = {RUNINFER_HANDLER_TYPES_DTYPE_F32, {true, {dims, 1}}};
+  return spec;
+}
+
+bool exports_runinfer_handler_handler_api_get_signature(exports_runinfer_handler_handler_api_signature_t *ret,
+                                                        exports_runinfer_handler_handler_api_error_t *err) {
+  memset(ret, 0, sizeof *ret);
+  ret->inputs.tag = RUNINFER_HANDLER_TYPES_VALUE_KIND_TENSOR;
+  ret->inputs.val.tensor = f32_vector(4);
+  runinfer_handler_types_field_spec_t *fields = calloc(2, sizeof *fields);
+  handler_string_dup(&fields[0].name, "label");
+  fields[0].kind.tag = RUNINFER_HANDLER_TYPES_FIELD_KIND_TEXT;
+  handler_string_dup(&fields[1].name, "probabilities");
+  fields[1].kind.tag = RUNINFER_HANDLER_TYPES_FIELD_KIND_TENSOR;
+  fields[1].kind.val.tensor = f32_vector(label_count);
+  ret->outputs.tag = RUNINFER_HANDLER_TYPES_VALUE_KIND_FIELDS;
+  ret->outputs.val.fields = (runinfer_handler_types_list_field_spec_t){fields, 2};
   (void)err;
   return true;
 }
@@ -89,15 +110,6 @@ bool exports_runinfer_handler_handler_api_update_model_path(handler_string_t *mo
   return true;
 }
 
-// The shortest decimal that reads back as the same float, as the Rust handler prints.
-static int format_f32(char *out, size_t size, float x) {
-  for (int digits = 6; digits < 9; digits++) {
-    int n = snprintf(out, size, "%.*g", digits, (double)x);
-    if (strtof(out, NULL) == x) return n;
-  }
-  return snprintf(out, size, "%.9g", (double)x);
-}
-
 // Finds an output by name in a model's results.
 static runinfer_handler_types_own_tensor_t *output(runinfer_handler_inference_list_tuple2_string_own_tensor_t *outs,
                                                    const char *name) {
@@ -119,7 +131,7 @@ bool exports_runinfer_handler_handler_api_run_inference(exports_runinfer_handler
   runinfer_handler_types_own_tensor_t features = {-1};
   runinfer_handler_inference_list_tuple2_string_own_tensor_t outs = {NULL, 0};
   handler_list_s64_t predicted = {NULL, 0};
-  handler_list_f32_t probabilities = {NULL, 0};
+  runinfer_handler_types_list_own_tensor_t probabilities = {NULL, 0};
 
   if (!has_model) {
     fail(err, RUNINFER_HANDLER_TYPES_ERROR_CODE_INTERNAL, "load_model was not called");
@@ -147,41 +159,50 @@ bool exports_runinfer_handler_handler_api_run_inference(exports_runinfer_handler
     goto done;
   }
   if (!runinfer_handler_types_method_tensor_to_i64(runinfer_handler_types_borrow_tensor(*label_out), &predicted, err) ||
-      !runinfer_handler_types_method_tensor_to_f32(runinfer_handler_types_borrow_tensor(*prob_out), &probabilities, err))
+      // Split in the host: the probabilities never enter guest memory.
+      !runinfer_handler_types_method_tensor_unstack(runinfer_handler_types_borrow_tensor(*prob_out), &probabilities,
+                                                    err))
     goto done;
-  if (predicted.len != rows || probabilities.len != rows * label_count) {
+  if (predicted.len != rows || probabilities.len != rows) {
     fail(err, RUNINFER_HANDLER_TYPES_ERROR_CODE_MODEL, "unexpected number of labels or probabilities");
     goto done;
   }
-
-  ret->ptr = malloc(rows * sizeof(*ret->ptr));
-  ret->len = 0;
   for (size_t row = 0; row < rows; row++) {
-    int64_t label = predicted.ptr[row];
-    if (label < 0 || (size_t)label >= label_count) {
+    if (predicted.ptr[row] < 0 || (size_t)predicted.ptr[row] >= label_count) {
       fail(err, RUNINFER_HANDLER_TYPES_ERROR_CODE_MODEL, "label index out of range");
-      exports_runinfer_handler_handler_api_list_value_free(ret);
       goto done;
     }
-    char json[512];
-    size_t n = (size_t)snprintf(json, sizeof json, "{\"label\":\"%s\",\"probabilities\":{", labels[label]);
-    for (size_t k = 0; k < label_count && n < sizeof json - 64; k++) {
-      n += (size_t)snprintf(json + n, sizeof json - n, "%s\"%s\":", k ? "," : "", labels[k]);
-      n += (size_t)format_f32(json + n, sizeof json - n, probabilities.ptr[row * label_count + k]);
-    }
-    snprintf(json + n, sizeof json - n, "}}");
-    exports_runinfer_handler_handler_api_value_t *value = &ret->ptr[ret->len++];
-    value->tag = RUNINFER_HANDLER_TYPES_VALUE_JSON;
-    handler_string_dup(&value->val.json, json);
   }
+
+  // Each row of probabilities moves into its inference.
+  ret->ptr = malloc(rows * sizeof(*ret->ptr));
+  ret->len = rows;
+  for (size_t row = 0; row < rows; row++) {
+    runinfer_handler_types_tuple2_string_field_t *fields = malloc(2 * sizeof *fields);
+    handler_string_dup(&fields[0].f0, "label");
+    fields[0].f1.tag = RUNINFER_HANDLER_TYPES_FIELD_TEXT;
+    handler_string_dup(&fields[0].f1.val.text, labels[predicted.ptr[row]]);
+    handler_string_dup(&fields[1].f0, "probabilities");
+    fields[1].f1.tag = RUNINFER_HANDLER_TYPES_FIELD_TENSOR;
+    fields[1].f1.val.tensor = probabilities.ptr[row];
+    ret->ptr[row].tag = RUNINFER_HANDLER_TYPES_VALUE_FIELDS;
+    ret->ptr[row].val.fields = (runinfer_handler_types_list_tuple2_string_field_t){fields, 2};
+  }
+  free(probabilities.ptr);
+  probabilities = (runinfer_handler_types_list_own_tensor_t){NULL, 0};
   ok = true;
 
 done:
+  for (size_t i = 0; i < rows; i++)
+    if (batch->ptr[i].tag == RUNINFER_HANDLER_TYPES_VALUE_TENSOR)
+      runinfer_handler_types_tensor_drop_own(batch->ptr[i].val.tensor);
+  for (size_t i = 0; i < outs.len; i++) runinfer_handler_types_tensor_drop_own(outs.ptr[i].f1);
+  for (size_t i = 0; i < probabilities.len; i++) runinfer_handler_types_tensor_drop_own(probabilities.ptr[i]);
   free(items.ptr);
   if (features.__handle != -1) runinfer_handler_types_tensor_drop_own(features);
   runinfer_handler_inference_list_tuple2_string_own_tensor_free(&outs);
   handler_list_s64_free(&predicted);
-  handler_list_f32_free(&probabilities);
+  runinfer_handler_types_list_own_tensor_free(&probabilities);
   exports_runinfer_handler_handler_api_list_value_free(batch);
   return ok;
 }

@@ -1,8 +1,9 @@
 // Iris classifier in JavaScript (componentize-js), the same handler as plugins/iris:
 // an example is the four measurements of a flower; the inference is the species name
-// and the probability of each species. The model runs in the host (tract).
-import { Tensor } from "runinfer:handler/types@0.1.0";
-import { Model } from "runinfer:handler/inference@0.1.0";
+// (`label`) and the probability of each species (`probabilities`, f32 [3]). The
+// model runs in the host (tract).
+import { Tensor } from "runinfer:handler/types@0.2.0";
+import { Model } from "runinfer:handler/inference@0.2.0";
 
 const DEFAULT_LABELS = ["setosa", "versicolor", "virginica"];
 let labels = DEFAULT_LABELS;
@@ -13,15 +14,6 @@ function fail(code, message) {
   return { code, message };
 }
 
-// The shortest decimal that reads back as the same f32, as the Rust handler prints.
-function f32Repr(x) {
-  for (let digits = 6; digits <= 9; digits++) {
-    const short = Number(x.toPrecision(digits));
-    if (Math.fround(short) === x) return short;
-  }
-  return x;
-}
-
 export const handlerApi = {
   init(args) {
     const given = new Map(args).get("labels");
@@ -30,8 +22,20 @@ export const handlerApi = {
       metricsNamespace: undefined,
       batching: { minBatchSize: 1, maxBatchSize: 64, maxBatchDurationMs: 10 },
       resourceHints: { minRamMb: undefined, accelerator: undefined },
-      shareModel: true,
-      input: { tag: "tensor", val: { dtype: "f32", shape: [4n] } },
+    };
+  },
+
+  getSignature() {
+    const classes = BigInt(labels.length);
+    return {
+      inputs: { tag: "tensor", val: { dtype: "f32", shape: [4n] } },
+      outputs: {
+        tag: "fields",
+        val: [
+          { name: "label", kind: { tag: "text" } },
+          { name: "probabilities", kind: { tag: "tensor", val: { dtype: "f32", shape: [classes] } } },
+        ],
+      },
     };
   },
 
@@ -51,19 +55,21 @@ export const handlerApi = {
     });
     const outputs = new Map(model.run([["input", Tensor.stack(tensors)]]));
     const predicted = outputs.get("label").toI64();
-    const probabilities = outputs.get("probabilities").toF32();
-    const classes = labels.length;
-    if (predicted.length !== batch.length || probabilities.length !== batch.length * classes) {
-      throw fail("model", `expected ${batch.length} labels and ${batch.length}x${classes} probabilities`);
+    // Split in the host: the probabilities never enter guest memory.
+    const probabilities = outputs.get("probabilities").unstack();
+    if (predicted.length !== batch.length || probabilities.length !== batch.length) {
+      throw fail("model", `expected ${batch.length} labels and ${batch.length} rows of probabilities`);
     }
     return Array.from(predicted, (label, row) => {
       const index = Number(label);
-      if (!(index >= 0 && index < classes)) throw fail("model", `label index ${label} out of range`);
-      const probs = {};
-      labels.forEach((name, k) => {
-        probs[name] = f32Repr(probabilities[row * classes + k]);
-      });
-      return { tag: "json", val: JSON.stringify({ label: labels[index], probabilities: probs }) };
+      if (!(index >= 0 && index < labels.length)) throw fail("model", `label index ${label} out of range`);
+      return {
+        tag: "fields",
+        val: [
+          ["label", { tag: "text", val: labels[index] }],
+          ["probabilities", { tag: "tensor", val: probabilities[row] }],
+        ],
+      };
     });
   },
 };

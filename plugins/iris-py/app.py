@@ -1,9 +1,8 @@
 """Iris classifier in Python (componentize-py), the same handler as plugins/iris:
 an example is the four measurements of a flower; the inference is the species name
-and the probability of each species. The model runs in the host (tract)."""
+(`label`) and the probability of each species (`probabilities`, f32 [3]). The model
+runs in the host (tract)."""
 
-import json
-import struct
 from typing import List, Optional, Tuple
 
 from componentize_py_types import Err
@@ -21,15 +20,6 @@ def error(code: types.ErrorCode, message: str) -> Err:
     return Err(types.Error(code=code, message=message))
 
 
-def f32_repr(x: float) -> float:
-    """The shortest decimal that reads back as the same f32, as the Rust handler prints."""
-    for digits in range(6, 10):
-        short = float(f"{x:.{digits}g}")
-        if struct.unpack("<f", struct.pack("<f", short))[0] == x:
-            return short
-    return x
-
-
 class HandlerApi(exports.HandlerApi):
     def init(self, args: List[Tuple[str, str]]) -> handler_api.HandlerInfo:
         labels = dict(args).get("labels")
@@ -39,8 +29,19 @@ class HandlerApi(exports.HandlerApi):
             metrics_namespace=None,
             batching=handler_api.Batching(min_batch_size=1, max_batch_size=64, max_batch_duration_ms=10),
             resource_hints=handler_api.ResourceHints(min_ram_mb=None, accelerator=None),
-            share_model=True,
-            input=handler_api.InputKind_Tensor(handler_api.TensorSpec(dtype=types.Dtype.F32, shape=[4])),
+        )
+
+    def get_signature(self) -> types.Signature:
+        classes = len(state["labels"])
+        probabilities = types.FieldKind_Tensor(types.TensorSpec(dtype=types.Dtype.F32, shape=[classes]))
+        return types.Signature(
+            inputs=types.ValueKind_Tensor(types.TensorSpec(dtype=types.Dtype.F32, shape=[4])),
+            outputs=types.ValueKind_Fields(
+                [
+                    types.FieldSpec(name="label", kind=types.FieldKind_Text()),
+                    types.FieldSpec(name="probabilities", kind=probabilities),
+                ]
+            ),
         )
 
     def load_model(self) -> None:
@@ -61,16 +62,15 @@ class HandlerApi(exports.HandlerApi):
         features = types.Tensor.stack(tensors)
         outputs = dict(model.run([("input", features)]))
         labels = outputs["label"].to_i64()
-        probabilities = outputs["probabilities"].to_f32()
+        # Split in the host: the probabilities never enter guest memory.
+        probabilities = outputs["probabilities"].unstack()
         names = state["labels"]
-        classes = len(names)
-        if len(labels) != len(batch) or len(probabilities) != len(batch) * classes:
-            raise error(types.ErrorCode.MODEL, f"expected {len(batch)} labels and {len(batch)}x{classes} probabilities")
+        if len(labels) != len(batch) or len(probabilities) != len(batch):
+            raise error(types.ErrorCode.MODEL, f"expected {len(batch)} labels and {len(batch)} rows of probabilities")
         results: List[types.Value] = []
-        for row, label in enumerate(labels):
-            if not 0 <= label < classes:
+        for label, probs in zip(labels, probabilities):
+            if not 0 <= label < len(names):
                 raise error(types.ErrorCode.MODEL, f"label index {label} out of range")
-            probs = probabilities[row * classes : (row + 1) * classes]
-            inference_json = {"label": names[label], "probabilities": {n: f32_repr(p) for n, p in zip(names, probs)}}
-            results.append(types.Value_Json(json.dumps(inference_json, separators=(",", ":"))))
+            fields = [("label", types.Field_Text(names[label])), ("probabilities", types.Field_Tensor(probs))]
+            results.append(types.Value_Fields(fields))
         return results

@@ -69,14 +69,12 @@ fn iris_batch_size_does_not_change_results() {
         .chain(by_size[0].iter().zip(&by_size[2]))
     {
         assert_eq!(a["inference"]["label"], b["inference"]["label"]);
-        for species in ["setosa", "versicolor", "virginica"] {
-            assert_close(
-                &a["inference"]["probabilities"][species],
-                &b["inference"]["probabilities"][species],
-                TOLERANCE,
-                species,
-            );
-        }
+        assert_all_close(
+            &a["inference"]["probabilities"],
+            &b["inference"]["probabilities"],
+            TOLERANCE,
+            "probabilities",
+        );
     }
 }
 

@@ -413,8 +413,8 @@ fn json_inferences_are_bounded_in_depth() {
 fn named_tensors_must_have_distinct_names() {
     assert_error(
         &misdeed("duplicate-names"),
-        "internal",
-        "the handler named two tensors \"a\"",
+        "signature",
+        "the handler named two fields \"a\"",
     );
 }
 

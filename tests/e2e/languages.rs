@@ -41,15 +41,12 @@ fn same_as_rust(name: &str) {
             assert_eq!(o["example"], r["example"], "{name} line {i}");
             assert_eq!(o["model_id"], r["model_id"], "{name} line {i}");
             assert_eq!(o["inference"]["label"], g["label"], "{name} line {i}");
-            for species in ["setosa", "versicolor", "virginica"] {
-                let what = format!("{name} line {i} {species} (batch {batch})");
-                assert_close(
-                    &o["inference"]["probabilities"][species],
-                    &r["inference"]["probabilities"][species],
-                    TOLERANCE,
-                    &what,
-                );
-            }
+            assert_all_close(
+                &o["inference"]["probabilities"],
+                &r["inference"]["probabilities"],
+                TOLERANCE,
+                &format!("{name} line {i} probabilities (batch {batch})"),
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ mod binary;
 mod golden;
 mod hostile;
 mod languages;
+mod multi_input;
 mod onnxruntime;
 mod plugin_loading;
 mod refresh;

@@ -10,14 +10,14 @@ use runinfer_e2e::*;
 use serde_json::Value;
 
 /// The library, installed once per test process.
-fn library() -> std::path::PathBuf {
+pub(crate) fn library() -> std::path::PathBuf {
     static LIBRARY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     LIBRARY
         .get_or_init(|| run_script("scripts/install-onnxruntime.sh", &[]))
         .clone()
 }
 
-fn onnxruntime_host(default_backend: BackendKind, max_sessions: usize) -> Host {
+pub(crate) fn onnxruntime_host(default_backend: BackendKind, max_sessions: usize) -> Host {
     let library = library();
     Host::new(HostConfig {
         compile_cache: Some(runinfer::compile::CompileCache::new(
@@ -36,7 +36,11 @@ fn onnxruntime_host(default_backend: BackendKind, max_sessions: usize) -> Host {
 
 /// A plugin directory with the generic onnx-tensor handler on `model` (copied in);
 /// `options` go into the model's manifest entry.
-fn tensor_plugin(name: &str, model: &std::path::Path, options: &str) -> tempfile::TempDir {
+pub(crate) fn tensor_plugin(
+    name: &str,
+    model: &std::path::Path,
+    options: &str,
+) -> tempfile::TempDir {
     let dir = scratch_plugin(
         "onnx-tensor",
         &format!(

@@ -127,6 +127,60 @@ fn broken_plugins_are_reported_with_the_reason() {
     assert!(matches!(err, PluginError::WrongWorld { .. }), "{err}");
     assert!(err.to_string().contains("runinfer:handler"), "{err}");
 
+    // A component built against contract 0.1 (tests/fixtures: the C iris handler of
+    // that version) is refused before it runs, with what to do.
+    let old = scratch_plugin("iris", "name = \"old\"\ncomponent = \"old.wasm\"\n");
+    std::fs::copy(
+        root().join("tests/fixtures/handler-0.1.wasm"),
+        old.path().join("old.wasm"),
+    )
+    .unwrap();
+    let err = host.load_plugin(old.path()).err().unwrap();
+    assert!(matches!(err, PluginError::ContractVersion { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("was built against runinfer:handler@0.1.0, this host implements runinfer:handler@0.2.0; rebuild the handler"),
+        "{msg}"
+    );
+
+    // Resource hints the host cannot meet, and a signature it cannot act on, are
+    // refused at load rather than failing later.
+    for (i, (args, stage, why)) in [
+        (
+            "min_ram_mb = \"4096\"",
+            "init",
+            "the handler's resource hint min_ram_mb (4096) is more than its instance may use: [limits] memory_mb = 256",
+        ),
+        (
+            "accelerator = \"gpu\"",
+            "init",
+            "the handler's resource hint asks for accelerator \"gpu\"; this host runs models on the CPU only",
+        ),
+        (
+            "signature = \"twice\"",
+            "load-model",
+            "the handler's signature: outputs declares field `a` twice",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let dir = scratch_test_plugin(
+            "hostile",
+            &format!(
+                "name = \"refused-{i}\"\ncomponent = \"hostile.wasm\"\n[limits]\nmemory_mb = 256\n[args]\n{args}\n"
+            ),
+        );
+        match host.load_plugin(dir.path()).err().unwrap() {
+            PluginError::Start {
+                stage: s, source, ..
+            } => {
+                assert_eq!((s, source.message.as_str()), (stage, why));
+            }
+            other => panic!("{other}"),
+        }
+    }
+
     // The handler opens a model its manifest does not grant.
     let ungranted = scratch_plugin(
         "iris",
@@ -202,7 +256,8 @@ fn update_model_path_serves_the_new_file() {
     let logits = |plugin: &runinfer::Plugin, golden: &serde_json::Value| {
         let mut instance = plugin.instantiate().unwrap();
         let example =
-            runinfer::decode::decode_example(&golden["example"], &plugin.info().input).unwrap();
+            runinfer::decode::decode_example(&golden["example"], &plugin.info().signature.inputs)
+                .unwrap();
         let result = instance.run_inference(vec![example], &[]).unwrap();
         (
             serde_json::to_value(&result.values[0]).unwrap(),

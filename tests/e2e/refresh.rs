@@ -74,7 +74,8 @@ fn traffic(root: &Arc<PluginRoot>, name: &'static str, example: Value) -> Traffi
                         outcomes.push(Err(format!("plugin {name} is not live")));
                         continue;
                     };
-                    let value = decode_example(&example, &live.plugin.info().input).unwrap();
+                    let value =
+                        decode_example(&example, &live.plugin.info().signature.inputs).unwrap();
                     replies.push(live.dispatcher.submit(None, value).await);
                 }
                 for reply in replies {
@@ -308,8 +309,11 @@ fn plugins_appear_disappear_and_fail_without_a_restart() {
     let replies = runtime.block_on(async {
         let mut replies = Vec::new();
         for _ in 0..200 {
-            let value =
-                decode_example(&json!([5.1, 3.5, 1.4, 0.2]), &live.plugin.info().input).unwrap();
+            let value = decode_example(
+                &json!([5.1, 3.5, 1.4, 0.2]),
+                &live.plugin.info().signature.inputs,
+            )
+            .unwrap();
             replies.push(live.dispatcher.submit(None, value).await);
         }
         replies

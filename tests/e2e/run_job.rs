@@ -77,56 +77,48 @@ fn every_line_is_a_prediction_or_a_dead_letter_with_the_reason() {
 }
 
 #[test]
-fn a_failing_batch_dead_letters_each_of_its_elements() {
-    // onnx-tensor takes any shape, so examples of two shapes decode but cannot be
-    // stacked into one batch: the handler's error fails the batch.
+fn an_inference_that_contradicts_the_signature_dead_letters_its_batch() {
+    // The hostile handler declares text outputs; `wrong-output` returns a tensor.
     let host = host();
-    let plugin = bundled(&host, "onnx-tensor");
-    let good = "[[1,2,3],[4,5,6]]";
-    let input = format!("{good}\n[[1,2],[3,4]]\n{good}\n");
+    let dir = scratch_test_plugin("hostile", "name = \"liar\"\ncomponent = \"hostile.wasm\"\n");
+    let plugin = load(&host, dir.path());
+    let input = "\"ok\"\n\"wrong-output\"\n\"ok\"\n";
     let out = run(&plugin, input.as_bytes(), &size_only(32));
-    assert_eq!(out.predictions.len(), 0);
+    assert_eq!(
+        out.predictions.len(),
+        0,
+        "nothing that contradicts it is written"
+    );
     assert_eq!(out.dead_letters.len(), 3);
     assert_eq!(out.summary.failed_batches, 1);
     for (d, line) in out.dead_letters.iter().zip(1..) {
         assert_eq!(d["line"], line);
         assert_eq!(d["stage"], "inference");
-        assert_eq!(d["error"]["code"], "invalid_input");
-        assert!(
-            d["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("cannot stack"),
-            "{d}"
-        );
-        assert!(
-            d["model_id"]
-                .as_str()
-                .unwrap()
-                .starts_with("models/tiny_mlp.onnx@")
+        assert_eq!(d["error"]["code"], "signature");
+        assert_eq!(
+            d["error"]["message"],
+            "inference 1 does not match the handler's declared outputs: expected text, got tensor"
         );
     }
     // The plugin keeps serving after a failed batch.
-    let out = run(
-        &plugin,
-        format!("{good}\n").as_bytes(),
-        &RunOptions::default(),
-    );
+    let out = run(&plugin, b"\"ok\"\n", &RunOptions::default());
     assert_eq!(out.predictions.len(), 1);
+    assert_eq!(out.predictions[0]["inference"], "ok");
 }
 
 #[test]
-fn a_model_that_rejects_the_input_is_a_model_error() {
+fn examples_that_contradict_a_model_derived_signature_are_refused_at_decode() {
     let host = host();
     let plugin = bundled(&host, "onnx-tensor");
-    // Decodes (any shape is accepted) but the model wants [N, 2, 3].
+    // onnx-tensor declares the model's input without its batch axis: f32 [2, 3].
     let out = run(&plugin, b"[[1,2,3,4]]\n", &RunOptions::default());
     assert_eq!(out.dead_letters.len(), 1);
     let d = &out.dead_letters[0];
-    assert_eq!(d["error"]["code"], "model");
+    assert_eq!(d["stage"], "decode");
+    assert_eq!(d["error"]["code"], "invalid_input");
     assert_eq!(
         d["error"]["message"],
-        "model `model`: input `x` expects f32 [?, 2, 3], got f32 [1, 1, 4]"
+        "expected a tensor of shape [2, 3], got [1, 4]"
     );
 }
 
@@ -192,22 +184,13 @@ fn manifest_args_and_namespace_reach_the_handler() {
 
 #[test]
 fn inference_args_reach_the_handler() {
-    let golden = read_jsonl("tests/golden/tiny_mlp.jsonl");
     let host = host();
-    let plugin = bundled(&host, "onnx-tensor");
+    let dir = scratch_test_plugin("hostile", "name = \"echo\"\ncomponent = \"hostile.wasm\"\n");
+    let plugin = load(&host, dir.path());
     let options = RunOptions {
-        inference_args: vec![("outputs".into(), "hidden".into())],
+        inference_args: vec![("temperature".into(), "0.5".into())],
         ..Default::default()
     };
-    let out = run(
-        &plugin,
-        format!("{}\n", golden[0]["example"]).as_bytes(),
-        &options,
-    );
-    assert_all_close(
-        &out.predictions[0]["inference"],
-        &golden[0]["hidden"],
-        1e-5,
-        "hidden",
-    );
+    let out = run(&plugin, b"\"echo-args\"\n", &options);
+    assert_eq!(out.predictions[0]["inference"], "temperature=0.5");
 }

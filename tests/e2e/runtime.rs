@@ -276,18 +276,18 @@ fn metrics_have_exact_values_after_a_known_run() {
     // Exposed from load at 0 (an absent series breaks rates and alerts).
     assert_eq!(get("failed_batches_counter_total"), Some(0.0));
 
-    // A failing batch is counted under the same label.
-    let dir = scratch_plugin(
-        "onnx-tensor",
-        "name = \"tensor-metrics\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/tiny_mlp.onnx\"\n",
+    // A failing batch is counted under the plugin's model id label.
+    let dir = scratch_test_plugin(
+        "hostile",
+        "name = \"failing-metrics\"\ncomponent = \"hostile.wasm\"\n",
     );
     let plugin = load(&host, dir.path());
-    let out = run(&plugin, b"[[1,2,3,4]]\n", &RunOptions::default());
+    let out = run(&plugin, b"\"no-such-misdeed\"\n", &RunOptions::default());
     assert_eq!(out.dead_letters.len(), 1);
-    let id = plugin.models().next().unwrap().id.clone();
+    let id = plugin.model_id();
     let m = prometheus_values(&host.metrics().encode());
     assert_eq!(
-        m[&format!("tensor_metrics_failed_batches_counter_total{{model_id=\"{id}\"}}")],
+        m[&format!("failing_metrics_failed_batches_counter_total{{model_id=\"{id}\"}}")],
         1.0
     );
 }

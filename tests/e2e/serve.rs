@@ -169,7 +169,14 @@ fn health_metadata_and_inference() {
         meta["inputs"][0],
         json!({"name": "input", "datatype": "FP32", "shape": [-1, 4]})
     );
-    assert_eq!(meta["outputs"][1]["name"], "probabilities");
+    // The handler's signature, not the model's: what `infer` returns.
+    assert_eq!(
+        meta["outputs"],
+        json!([
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        ])
+    );
     assert_eq!(
         server
             .call("GET", "/v2/models/iris/versions/1/ready", None)
@@ -208,15 +215,38 @@ fn health_metadata_and_inference() {
             .unwrap()
             .starts_with("models/iris.onnx@")
     );
-    let data = out["outputs"][0]["data"].as_array().unwrap();
-    assert_eq!(out["outputs"][0]["datatype"], "BYTES");
-    assert_eq!(out["outputs"][0]["shape"], json!([150]));
-    // Every row back, label and probabilities as onnxruntime's.
-    let predictions: Vec<Value> = data
+    // Exactly the declared outputs, in order, with their declared types.
+    let outputs = out["outputs"].as_array().unwrap();
+    let described: Vec<(&Value, &Value, &Value)> = outputs
         .iter()
-        .map(|d| json!({"inference": serde_json::from_str::<Value>(d.as_str().unwrap()).unwrap()}))
+        .map(|o| (&o["name"], &o["datatype"], &o["shape"]))
+        .collect();
+    assert_eq!(
+        described,
+        [
+            (&json!("label"), &json!("BYTES"), &json!([150])),
+            (&json!("probabilities"), &json!("FP32"), &json!([150, 3])),
+        ]
+    );
+    // Every row back, label and probabilities as onnxruntime's.
+    let probabilities = outputs[1]["data"].as_array().unwrap();
+    let predictions: Vec<Value> = outputs[0]["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(probabilities.chunks(3))
+        .map(|(label, p)| json!({"inference": {"label": label, "probabilities": p}}))
         .collect();
     assert_iris_matches_golden(&predictions, &golden, 1e-5);
+    // A client asking for an output by the name the metadata gives gets just that.
+    let mut body = infer_body("FP32", &[1, 4], golden[0]["example"].clone());
+    body["outputs"] = json!([{"name": "label"}]);
+    let (status, out) = server.call("POST", "/v2/models/iris/infer", Some(&body));
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(
+        out["outputs"],
+        json!([{"name": "label", "datatype": "BYTES", "shape": [1], "data": ["setosa"]}])
+    );
 
     // onnx-tensor: named outputs as tensors, [2, 2, 3] in, nested data accepted.
     let golden = read_jsonl("tests/golden/tiny_mlp.jsonl");

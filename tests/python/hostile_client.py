@@ -60,7 +60,7 @@ def main():
         "metric-infinite": "is not a finite number",
         "metric-nan": "is not a finite number",
         "deep-json": "JSON nested more than 128 levels deep",
-        "duplicate-names": "named two tensors",
+        "duplicate-names": "named two fields",
         "empty-giant": "describes more than 65536 empty arrays",
     }
     for deed, reason in refused.items():
@@ -94,7 +94,8 @@ def main():
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [len(rows), 4], "data": rows}]},
     )
     check(status == 200, f"iris: {status} {body[:300]}")
-    labels = [json.loads(s)["label"] for s in json.loads(body)["outputs"][0]["data"]]
+    outputs = {o["name"]: o for o in json.loads(body)["outputs"]}
+    labels = outputs["label"]["data"]
     check(labels == [g["label"] for g in golden[:30]], f"iris labels {labels}")
     print("iris: 30 golden labels while the neighbour misbehaved")
 

@@ -29,6 +29,25 @@ def check(condition, message):
         raise AssertionError(message)
 
 
+def fits(shape, declared):
+    """A response shape fits a metadata shape where -1 is any size."""
+    return len(shape) == len(declared) and all(d in (-1, s) for s, d in zip(shape, declared))
+
+
+def infer_by_metadata(client, model, inputs, binary):
+    """Asks for every output the model's metadata declares, as a metadata-first client
+    does, and checks each returned output against its declaration."""
+    meta = client.get_model_metadata(model)
+    wanted = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in meta["outputs"]]
+    result = client.infer(model, inputs, outputs=wanted)
+    got = result.get_response()["outputs"]
+    check([o["name"] for o in got] == [o["name"] for o in meta["outputs"]], f"{model}: outputs {got} vs {meta}")
+    for o, declared in zip(got, meta["outputs"]):
+        check(o["datatype"] == declared["datatype"], f"{model} {o['name']}: {o['datatype']} vs {declared}")
+        check(fits(o["shape"], declared["shape"]), f"{model} {o['name']}: shape {o['shape']} vs {declared}")
+    return result
+
+
 def main():
     url, root = sys.argv[1], Path(sys.argv[2])
     client = httpclient.InferenceServerClient(url=url)
@@ -41,6 +60,14 @@ def main():
     check(server["name"] == "runinfer", f"server metadata: {server}")
     meta = client.get_model_metadata("iris")
     check(meta["inputs"] == [{"name": "input", "datatype": "FP32", "shape": [-1, 4]}], f"iris metadata: {meta}")
+    check(
+        meta["outputs"]
+        == [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
+        ],
+        f"iris metadata: {meta}",
+    )
     check(meta["versions"] == ["1"], f"iris versions: {meta}")
     try:
         client.get_model_metadata("no-such-model")
@@ -54,18 +81,23 @@ def main():
     for binary in (True, False):
         inp = httpclient.InferInput("input", list(features.shape), "FP32")
         inp.set_data_from_numpy(features, binary_data=binary)
-        outputs = [httpclient.InferRequestedOutput("output", binary_data=binary)]
-        result = client.infer("iris", [inp], outputs=outputs, request_id="iris-1")
-        check(result.get_response()["id"] == "iris-1", "the request id comes back")
+        result = infer_by_metadata(client, "iris", [inp], binary)
         check(result.get_response()["parameters"]["model_id"].startswith("models/iris.onnx@"), "model id")
-        rows = result.as_numpy("output")
-        check(rows.shape == (150,), f"iris output shape {rows.shape}")
-        for i, (row, g) in enumerate(zip(rows, iris)):
-            inference = json.loads(row if isinstance(row, (str, bytes)) else str(row))
-            check(inference["label"] == g["label"], f"iris row {i}: {inference} vs {g}")
-            for species, p in g["probabilities"].items():
-                got = inference["probabilities"][species]
-                check(abs(got - p) <= TOLERANCE, f"iris row {i} {species}: {got} vs {p}")
+        labels = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("label")]
+        check(labels == [g["label"] for g in iris], f"iris labels {labels[:5]}...")
+        probabilities = result.as_numpy("probabilities")
+        want = np.array([g["probabilities"] for g in iris], dtype=np.float32)
+        check(probabilities.shape == (150, 3), f"iris probabilities shape {probabilities.shape}")
+        check(
+            np.allclose(probabilities, want, atol=TOLERANCE, rtol=0),
+            f"iris probabilities: max diff {np.abs(probabilities - want).max()}",
+        )
+        # Asking for one output by name, as the metadata names it, returns just that.
+        only = client.infer(
+            "iris", [inp], outputs=[httpclient.InferRequestedOutput("label", binary_data=binary)], request_id="iris-1"
+        )
+        check(only.get_response()["id"] == "iris-1", "the request id comes back")
+        check([o["name"] for o in only.get_response()["outputs"]] == ["label"], f"{only.get_response()}")
     print("iris: 150 rows x 2 encodings match the golden labels and probabilities")
 
     # onnx-tensor: named FP32 outputs, default outputs (tritonclient asks for binary).
@@ -73,7 +105,7 @@ def main():
     examples = np.array([g["example"] for g in mlp], dtype=np.float32)
     inp = httpclient.InferInput("input", list(examples.shape), "FP32")
     inp.set_data_from_numpy(examples)
-    result = client.infer("onnx-tensor", [inp])
+    result = infer_by_metadata(client, "onnx-tensor", [inp], True)
     for name in ("logits", "hidden"):
         got = result.as_numpy(name)
         want = np.array([g[name] for g in mlp], dtype=np.float32)
@@ -86,7 +118,7 @@ def main():
     for binary in (True, False):
         inp = httpclient.InferInput("input", [2], "BYTES")
         inp.set_data_from_numpy(texts, binary_data=binary)
-        result = client.infer("text-stats", [inp])
+        result = infer_by_metadata(client, "text-stats", [inp], binary)
         labels = [json.loads(r)["label"] for r in result.as_numpy("output")]
         check(labels == ["positive", "negative"], f"text-stats labels {labels}")
     print("text-stats: BYTES in, JSON out")
@@ -113,7 +145,8 @@ def main():
         for name, f in families.items()
         if name.endswith("_num_inferences") and f.type == "counter"
     }
-    want = {"iris_num_inferences": 300, "onnx_tensor_num_inferences": len(mlp), "text_stats_num_inferences": 4}
+    # iris: 150 rows, all outputs then the label alone, in both encodings.
+    want = {"iris_num_inferences": 600, "onnx_tensor_num_inferences": len(mlp), "text_stats_num_inferences": 4}
     # Every loaded plugin's series exists from load; the ones not called stay at 0.
     check(
         all(served.get(name) == count for name, count in want.items())

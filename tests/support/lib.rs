@@ -216,13 +216,11 @@ pub fn assert_iris_matches_golden(predictions: &[Value], golden: &[Value], toler
     assert_eq!(predictions.len(), golden.len(), "one prediction per line");
     for (i, (p, g)) in predictions.iter().zip(golden).enumerate() {
         assert_eq!(p["inference"]["label"], g["label"], "line {i}");
-        for species in ["setosa", "versicolor", "virginica"] {
-            assert_close(
-                &p["inference"]["probabilities"][species],
-                &g["probabilities"][species],
-                tolerance,
-                &format!("line {i} {species}"),
-            );
-        }
+        assert_all_close(
+            &p["inference"]["probabilities"],
+            &g["probabilities"],
+            tolerance,
+            &format!("line {i} probabilities"),
+        );
     }
 }

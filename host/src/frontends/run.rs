@@ -319,7 +319,7 @@ async fn submit_lines(
     while let Some(chunk) = chunks.recv().await {
         // The version of the plugin in force for this chunk.
         let current = source().map(|d| {
-            let kind = d.plugin().info().input.clone();
+            let kind = d.plugin().info().signature.inputs.clone();
             (d, kind)
         });
         let lines = match chunk {

@@ -5,12 +5,12 @@
 //! many clients are batched together. A full queue is refused at once (503), and a
 //! request waits at most its timeout.
 
-use crate::contract::InputKind;
+use crate::contract::{FieldKind, TensorSpec, ValueKind};
 use crate::error::{ErrorCode, InferenceError};
 use crate::frontends::watch::{LivePlugin, PluginRoot};
 use crate::host::Host;
-use crate::tensor::{DType, Tensor};
-use crate::value::Value;
+use crate::tensor::Tensor;
+use crate::value::{Field, Value};
 use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, StatusCode};
@@ -149,41 +149,46 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-fn model_metadata_json(live: &LivePlugin) -> JsonValue {
-    let plugin = &live.plugin;
-    let input = match &plugin.info().input {
-        InputKind::Tensor { dtype, shape } => {
-            let mut dims = vec![json!(-1)];
-            match shape {
-                Some(shape) => dims.extend(shape.iter().map(|d| d.map_or(json!(-1), |d| json!(d)))),
-                None => dims.push(json!(-1)),
-            }
-            json!({"name": "input", "datatype": dtype.oip_name(), "shape": dims})
+/// The name of the one input or output of a handler that does not take or return
+/// named fields.
+const UNNAMED: [&str; 2] = ["input", "output"];
+
+/// `{"name", "datatype", "shape"}` entries for what a signature declares: one per
+/// field, or one named `unnamed`. Shapes carry the batch dimension (-1) first.
+fn tensor_metadata(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
+    fn spec_json(name: &str, spec: &TensorSpec) -> JsonValue {
+        let mut dims = vec![json!(-1)];
+        match &spec.shape {
+            Some(shape) => dims.extend(shape.iter().map(|d| d.map_or(json!(-1), |d| json!(d)))),
+            None => dims.push(json!(-1)),
         }
-        _ => json!({"name": "input", "datatype": "BYTES", "shape": [-1]}),
-    };
-    let outputs: Vec<JsonValue> = match plugin.models().next() {
-        Some(model) if plugin.models().len() == 1 => model
-            .model
-            .outputs()
+        json!({"name": name, "datatype": spec.dtype.oip_name(), "shape": dims})
+    }
+    let bytes = |name: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1]});
+    match kind {
+        ValueKind::Tensor(spec) => vec![spec_json(unnamed, spec)],
+        ValueKind::Fields { fields } => fields
             .iter()
-            .map(|o| {
-                let dims: Vec<JsonValue> = o
-                    .shape
-                    .iter()
-                    .map(|d| d.map_or(json!(-1), |d| json!(d)))
-                    .collect();
-                json!({"name": o.name, "datatype": o.dtype.oip_name(), "shape": dims})
+            .map(|f| match &f.kind {
+                FieldKind::Tensor(spec) => spec_json(&f.name, spec),
+                FieldKind::Text => bytes(&f.name),
             })
             .collect(),
-        _ => vec![json!({"name": "output", "datatype": "BYTES", "shape": [-1]})],
-    };
+        ValueKind::Json | ValueKind::Text | ValueKind::Bytes => vec![bytes(unnamed)],
+    }
+}
+
+/// The handler's signature as OIP model metadata: exactly the inputs `infer` takes
+/// and the outputs it returns.
+fn model_metadata_json(live: &LivePlugin) -> JsonValue {
+    let plugin = &live.plugin;
+    let signature = &plugin.info().signature;
     json!({
         "name": plugin.name(),
         "versions": [VERSION],
         "platform": "runinfer",
-        "inputs": [input],
-        "outputs": outputs,
+        "inputs": tensor_metadata(&signature.inputs, UNNAMED[0]),
+        "outputs": tensor_metadata(&signature.outputs, UNNAMED[1]),
         "parameters": {
             "model_id": plugin.model_id(),
             "namespace": plugin.namespace(),
@@ -308,44 +313,6 @@ fn split_bytes_elements(mut raw: &[u8], name: &str) -> Result<Vec<Vec<u8>>, ApiE
     Ok(elements)
 }
 
-/// Splits the request's one input into examples, one per row of its first dimension.
-/// `binary` is the input's bytes when it came in the binary form.
-fn examples(
-    input: &RequestTensor,
-    binary: Option<&[u8]>,
-    kind: &InputKind,
-    max_rows: usize,
-    model: &str,
-) -> Result<Vec<Value>, ApiError> {
-    let name = &input.name;
-    let shape: Vec<usize> = input
-        .shape
-        .iter()
-        .map(|&d| {
-            usize::try_from(d)
-                .map_err(|_| bad_request(format!("input '{name}': bad shape {:?}", input.shape)))
-        })
-        .collect::<Result<_, _>>()?;
-    let Some(&rows) = shape.first() else {
-        return Err(bad_request(format!(
-            "input '{name}': the shape needs a batch dimension"
-        )));
-    };
-    if rows > max_rows {
-        // Waiting cannot help: this request never fits. Checked before anything is
-        // decoded, since rows are allocated one by one.
-        return Err(bad_request(format!(
-            "{rows} rows are more than model '{model}' queues at once ({max_rows}, `[limits] queue_size`); split the request"
-        )));
-    }
-    match kind {
-        InputKind::Tensor { dtype, shape: want } => {
-            tensor_examples(input, binary, *dtype, want.as_deref(), shape)
-        }
-        _ => bytes_examples(input, binary, kind, &shape),
-    }
-}
-
 impl RequestTensor {
     /// An error about this input.
     fn error(&self, message: impl std::fmt::Display) -> ApiError {
@@ -368,90 +335,198 @@ impl RequestTensor {
         flatten(data, &mut flat);
         Ok(flat)
     }
+
+    /// The shape as sizes, with the row count (first dimension) checked against
+    /// `max_rows` before anything is decoded, since rows are allocated one by one.
+    fn rows_shape(&self, max_rows: usize, model: &str) -> Result<Vec<usize>, ApiError> {
+        let shape: Vec<usize> = self
+            .shape
+            .iter()
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| self.error(format!("bad shape {:?}", self.shape)))
+            })
+            .collect::<Result<_, _>>()?;
+        let Some(&rows) = shape.first() else {
+            return Err(self.error("the shape needs a batch dimension"));
+        };
+        if rows > max_rows {
+            // Waiting cannot help: this request never fits.
+            return Err(bad_request(format!(
+                "{rows} rows are more than model '{model}' queues at once ({max_rows}, `[limits] queue_size`); split the request"
+            )));
+        }
+        Ok(shape)
+    }
+
+    /// The rows of a tensor input, each checked against the declared spec.
+    fn tensor_rows(
+        &self,
+        binary: Option<&[u8]>,
+        spec: &TensorSpec,
+        shape: Vec<usize>,
+    ) -> Result<Vec<Tensor>, ApiError> {
+        let dtype = spec.dtype;
+        if self.datatype != dtype.oip_name() {
+            return Err(self.error(format!(
+                "expected datatype {}, got {}",
+                dtype.oip_name(),
+                self.datatype
+            )));
+        }
+        let batch = match binary {
+            Some(raw) => Tensor::from_bytes(dtype, shape, raw.to_vec()),
+            None => {
+                let needed = crate::tensor::volume(&shape).ok_or_else(|| self.too_large())?;
+                let data = self.json_values()?;
+                if data.len() != needed {
+                    return Err(self.error(format!(
+                        "shape {:?} needs {needed} values, got {}",
+                        self.shape,
+                        data.len()
+                    )));
+                }
+                Tensor::from_json(&json!({"shape": shape, "data": data}), dtype)
+            }
+        }
+        .map_err(|e| self.error(e))?;
+        let rows = batch.unstack().map_err(|e| self.error(e))?;
+        for row in &rows {
+            spec.check_shape(row.shape()).map_err(|e| self.error(e))?;
+        }
+        Ok(rows)
+    }
+
+    /// The elements of a `BYTES` input, one per row.
+    fn bytes_rows(&self, binary: Option<&[u8]>, shape: &[usize]) -> Result<Vec<Vec<u8>>, ApiError> {
+        if self.datatype != "BYTES" {
+            return Err(self.error(format!(
+                "expected datatype BYTES (strings), got {}",
+                self.datatype
+            )));
+        }
+        let elements: Vec<Vec<u8>> = match binary {
+            Some(raw) => split_bytes_elements(raw, &self.name)?,
+            None => self
+                .json_values()?
+                .into_iter()
+                .map(|element| match element {
+                    JsonValue::String(text) => Ok(text.into_bytes()),
+                    _ => Err(self.error("BYTES elements must be strings")),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let rows = shape[0];
+        let row_len = crate::tensor::volume(&shape[1..]).ok_or_else(|| self.too_large())?;
+        if elements.len() != rows.saturating_mul(row_len) || row_len != 1 {
+            return Err(self.error(format!(
+                "BYTES examples need shape [N] (or [N, 1]) with N elements; shape {:?} with {} elements",
+                self.shape,
+                elements.len()
+            )));
+        }
+        Ok(elements)
+    }
 }
 
-/// The rows of a tensor input, each checked against the handler's declared shape.
-fn tensor_examples(
-    input: &RequestTensor,
-    binary: Option<&[u8]>,
-    dtype: DType,
-    want: Option<&[Option<u64>]>,
-    shape: Vec<usize>,
+/// Splits a request's inputs into examples, one per row of their first dimension:
+/// the one input of an unnamed kind, or one input per declared field (rows zipped by
+/// index). `binary` holds each input's bytes when it came in the binary form.
+fn examples(
+    inputs: &[RequestTensor],
+    binary: &[Option<&[u8]>],
+    kind: &ValueKind,
+    max_rows: usize,
+    model: &str,
 ) -> Result<Vec<Value>, ApiError> {
-    if input.datatype != dtype.oip_name() {
-        return Err(input.error(format!(
-            "expected datatype {}, got {}",
-            dtype.oip_name(),
-            input.datatype
+    let ValueKind::Fields { fields } = kind else {
+        let ([input], [raw]) = (inputs, binary) else {
+            return Err(bad_request(format!(
+                "model '{model}' takes one input, got {}",
+                inputs.len()
+            )));
+        };
+        let shape = input.rows_shape(max_rows, model)?;
+        return match kind {
+            ValueKind::Tensor(spec) => Ok(input
+                .tensor_rows(*raw, spec, shape)?
+                .into_iter()
+                .map(Value::Tensor)
+                .collect()),
+            _ => input
+                .bytes_rows(*raw, &shape)?
+                .into_iter()
+                .map(|element| {
+                    crate::pipeline::decode::decode_element(element, kind)
+                        .map_err(|e| input.error(e))
+                })
+                .collect(),
+        };
+    };
+    if let Some(unknown) = inputs
+        .iter()
+        .find(|i| !fields.iter().any(|f| f.name == i.name))
+    {
+        return Err(bad_request(format!(
+            "model '{model}' has no input '{}' (its inputs: {})",
+            crate::untrusted::guest_text(&unknown.name),
+            fields
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         )));
     }
-    let batch = match binary {
-        Some(raw) => Tensor::from_bytes(dtype, shape, raw.to_vec()),
-        None => {
-            let needed = crate::tensor::volume(&shape).ok_or_else(|| input.too_large())?;
-            let data = input.json_values()?;
-            if data.len() != needed {
+    let mut rows: Option<usize> = None;
+    let mut columns = Vec::with_capacity(fields.len());
+    for field in fields {
+        let mut matching = inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.name == field.name);
+        let (index, input) = matching
+            .next()
+            .ok_or_else(|| bad_request(format!("input '{}' is missing", field.name)))?;
+        if matching.next().is_some() {
+            return Err(input.error("is given twice"));
+        }
+        let shape = input.rows_shape(max_rows, model)?;
+        match rows {
+            Some(n) if n != shape[0] => {
                 return Err(input.error(format!(
-                    "shape {:?} needs {needed} values, got {}",
-                    input.shape,
-                    data.len()
+                    "has {} rows, the other inputs {n}; every input needs one row per example",
+                    shape[0]
                 )));
             }
-            Tensor::from_json(&json!({"shape": shape, "data": data}), dtype)
+            _ => rows = Some(shape[0]),
         }
+        let column: Vec<Field> = match &field.kind {
+            FieldKind::Tensor(spec) => input
+                .tensor_rows(binary[index], spec, shape)?
+                .into_iter()
+                .map(Field::Tensor)
+                .collect(),
+            FieldKind::Text => input
+                .bytes_rows(binary[index], &shape)?
+                .into_iter()
+                .map(|e| {
+                    crate::pipeline::decode::utf8(e)
+                        .map(Field::Text)
+                        .map_err(|e| input.error(e))
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        columns.push((field.name.clone(), column.into_iter()));
     }
-    .map_err(|e| input.error(e))?;
-    batch
-        .unstack()
-        .map_err(|e| input.error(e))?
-        .into_iter()
-        .map(|row| {
-            crate::pipeline::decode::check_shape(&row, want)
-                .map(|()| Value::Tensor(row))
-                .map_err(|e| input.error(e))
+    Ok((0..rows.unwrap_or(0))
+        .map(|_| {
+            Value::Fields(
+                columns
+                    .iter_mut()
+                    .map(|(name, column)| (name.clone(), column.next().expect("rows checked")))
+                    .collect(),
+            )
         })
-        .collect()
-}
-
-/// The elements of a `BYTES` input, one example each (text, JSON or bytes).
-fn bytes_examples(
-    input: &RequestTensor,
-    binary: Option<&[u8]>,
-    kind: &InputKind,
-    shape: &[usize],
-) -> Result<Vec<Value>, ApiError> {
-    if input.datatype != "BYTES" {
-        return Err(input.error(format!(
-            "this model takes BYTES (text or JSON strings), got {}",
-            input.datatype
-        )));
-    }
-    let elements: Vec<Vec<u8>> = match binary {
-        Some(raw) => split_bytes_elements(raw, &input.name)?,
-        None => input
-            .json_values()?
-            .into_iter()
-            .map(|element| match element {
-                JsonValue::String(text) => Ok(text.into_bytes()),
-                _ => Err(input.error("BYTES elements must be strings")),
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let rows = shape[0];
-    let row_len = crate::tensor::volume(&shape[1..]).ok_or_else(|| input.too_large())?;
-    if elements.len() != rows.saturating_mul(row_len) || row_len != 1 {
-        return Err(input.error(format!(
-            "BYTES examples need shape [N] (or [N, 1]) with N elements; shape {:?} with {} elements",
-            input.shape,
-            elements.len()
-        )));
-    }
-    elements
-        .into_iter()
-        .map(|element| {
-            crate::pipeline::decode::decode_element(element, kind).map_err(|e| input.error(e))
-        })
-        .collect()
+        .collect())
 }
 
 /// One output tensor of a response.
@@ -501,69 +576,86 @@ impl OutputTensor {
     }
 }
 
-/// Output tensors for the inferences of one request: tensor inferences of one dtype and
-/// shape stack into one tensor; named tensors into one tensor per name; anything else is
-/// a BYTES output of one JSON (or text) string per row.
-fn outputs(values: Vec<Value>) -> Vec<OutputTensor> {
+/// Output tensors for the inferences of one request, by the declared outputs: a
+/// tensor output stacks into one tensor (named `output`), named fields into one
+/// tensor (or BYTES column) per name, anything else is one BYTES string per row.
+/// Inferences were checked against the declaration; only free dimensions that differ
+/// between rows can still keep them from stacking.
+fn outputs(values: Vec<Value>, kind: &ValueKind) -> Result<Vec<OutputTensor>, ApiError> {
     let rows = values.len();
-    let stacked = |tensors: Vec<&Tensor>| {
-        (tensors.len() == rows)
-            .then(|| Tensor::stack(tensors).ok())
-            .flatten()
-    };
-    if let Some(Value::Tensor(_)) = values.first() {
-        let tensors = values
-            .iter()
-            .filter_map(|v| match v {
-                Value::Tensor(t) => Some(t),
-                _ => None,
-            })
-            .collect();
-        if let Some(batch) = stacked(tensors) {
-            return vec![OutputTensor {
-                name: "output".into(),
-                shape: batch.shape().to_vec(),
-                data: OutputData::Tensor(batch),
-            }];
-        }
-    }
-    if let Some(Value::Tensors(first)) = values.first() {
-        let columns: Option<Vec<OutputTensor>> = first
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _))| {
-                let column = values
-                    .iter()
-                    .filter_map(|v| match v {
-                        Value::Tensors(named) => {
-                            named.get(i).filter(|(n, _)| n == name).map(|(_, t)| t)
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                stacked(column).map(|batch| OutputTensor {
-                    name: name.clone(),
-                    shape: batch.shape().to_vec(),
-                    data: OutputData::Tensor(batch),
-                })
-            })
-            .collect();
-        if let Some(columns) = columns.filter(|c| !c.is_empty()) {
-            return columns;
-        }
-    }
-    let strings = values
-        .iter()
-        .map(|v| match v {
-            Value::Text(text) => text.clone(),
-            other => serde_json::to_string(other).unwrap_or_default(),
+    let stack = |name: &str, tensors: Vec<&Tensor>| {
+        let batch = Tensor::stack(tensors).map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("output '{name}': the rows of this request do not form one tensor: {e}"),
+            )
+        })?;
+        Ok(OutputTensor {
+            name: name.to_string(),
+            shape: batch.shape().to_vec(),
+            data: OutputData::Tensor(batch),
         })
-        .collect();
-    vec![OutputTensor {
-        name: "output".into(),
-        shape: vec![rows],
-        data: OutputData::Strings(strings),
-    }]
+    };
+    match kind {
+        ValueKind::Tensor(_) => {
+            let tensors = values
+                .iter()
+                .filter_map(|v| match v {
+                    Value::Tensor(t) => Some(t),
+                    _ => None,
+                })
+                .collect();
+            Ok(vec![stack(UNNAMED[1], tensors)?])
+        }
+        ValueKind::Fields { fields } => fields
+            .iter()
+            .map(|spec| {
+                let column = values.iter().filter_map(|v| match v {
+                    Value::Fields(named) => {
+                        named.iter().find(|(n, _)| *n == spec.name).map(|(_, f)| f)
+                    }
+                    _ => None,
+                });
+                match spec.kind {
+                    FieldKind::Tensor(_) => stack(
+                        &spec.name,
+                        column
+                            .filter_map(|f| match f {
+                                Field::Tensor(t) => Some(t),
+                                Field::Text(_) => None,
+                            })
+                            .collect(),
+                    ),
+                    FieldKind::Text => Ok(OutputTensor {
+                        name: spec.name.clone(),
+                        shape: vec![rows],
+                        data: OutputData::Strings(
+                            column
+                                .map(|f| match f {
+                                    Field::Text(t) => t.clone(),
+                                    Field::Tensor(_) => String::new(),
+                                })
+                                .collect(),
+                        ),
+                    }),
+                }
+            })
+            .collect(),
+        ValueKind::Json | ValueKind::Text | ValueKind::Bytes => {
+            let strings = values
+                .iter()
+                .map(|v| match v {
+                    Value::Text(text) => text.clone(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                })
+                .collect();
+            Ok(vec![OutputTensor {
+                name: UNNAMED[1].into(),
+                shape: vec![rows],
+                data: OutputData::Strings(strings),
+            }])
+        }
+    }
 }
 
 fn flag(parameters: &serde_json::Map<String, JsonValue>, name: &str) -> bool {
@@ -650,45 +742,42 @@ fn respond(
 fn decode_request(
     headers: &HeaderMap,
     body: &[u8],
-    kind: &InputKind,
+    kind: &ValueKind,
     max_rows: usize,
     name: &str,
 ) -> Result<(InferRequest, Vec<Value>), ApiError> {
     let (json_part, mut binary) = split_body(headers, body)?;
     let request: InferRequest = serde_json::from_slice(json_part)
         .map_err(|e| bad_request(format!("malformed request: {e}")))?;
-    let [input] = request.inputs.as_slice() else {
-        return Err(bad_request(format!(
-            "runinfer models take exactly one input, got {}",
-            request.inputs.len()
-        )));
-    };
-    let raw = match input.parameters.get("binary_data_size") {
-        None => None,
-        Some(size) => {
-            let size = size
-                .as_u64()
-                .map(|s| s as usize)
-                .filter(|&s| s <= binary.len())
-                .ok_or_else(|| {
-                    bad_request(format!(
-                        "input '{}': binary_data_size {size} does not fit the {} binary bytes sent",
-                        input.name,
-                        binary.len()
-                    ))
-                })?;
-            let (raw, rest) = binary.split_at(size);
-            binary = rest;
-            Some(raw)
-        }
-    };
+    // Binary data follows the JSON in the order of the inputs that claim it.
+    let mut raws = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        raws.push(match input.parameters.get("binary_data_size") {
+            None => None,
+            Some(size) => {
+                let size = size
+                    .as_u64()
+                    .and_then(|s| usize::try_from(s).ok())
+                    .filter(|&s| s <= binary.len())
+                    .ok_or_else(|| {
+                        input.error(format!(
+                            "binary_data_size {size} does not fit the {} binary bytes left",
+                            binary.len()
+                        ))
+                    })?;
+                let (raw, rest) = binary.split_at(size);
+                binary = rest;
+                Some(raw)
+            }
+        });
+    }
     if !binary.is_empty() {
         return Err(bad_request(format!(
             "{} bytes of binary data are not claimed by any input",
             binary.len()
         )));
     }
-    let examples = examples(input, raw, kind, max_rows, name)?;
+    let examples = examples(&request.inputs, &raws, kind, max_rows, name)?;
     Ok((request, examples))
 }
 
@@ -698,7 +787,7 @@ fn decode_request(
 pub fn fuzz_decode_request(
     header_length: Option<&str>,
     body: &[u8],
-    kind: &InputKind,
+    kind: &ValueKind,
     max_rows: usize,
 ) -> Result<Vec<Value>, String> {
     let mut headers = HeaderMap::new();
@@ -719,8 +808,13 @@ async fn run_infer(
 ) -> ApiResult {
     let live = live(state, name, version)?;
     let capacity = live.dispatcher.options().queue_capacity;
-    let (request, examples) =
-        decode_request(headers, body, &live.plugin.info().input, capacity, name)?;
+    let (request, examples) = decode_request(
+        headers,
+        body,
+        &live.plugin.info().signature.inputs,
+        capacity,
+        name,
+    )?;
     let limit = live
         .plugin
         .manifest()
@@ -769,7 +863,10 @@ async fn run_infer(
             };
             Err(ApiError(status, error.to_string()))
         }
-        Ok(Ok((values, model_id))) => respond(&request, name, model_id, outputs(values)),
+        Ok(Ok((values, model_id))) => {
+            let outputs = outputs(values, &live.plugin.info().signature.outputs)?;
+            respond(&request, name, model_id, outputs)
+        }
     }
 }
 
@@ -788,24 +885,25 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tensor::DType;
 
-    fn iris() -> InputKind {
-        InputKind::Tensor {
+    fn iris() -> ValueKind {
+        ValueKind::Tensor(TensorSpec {
             dtype: DType::F32,
             shape: Some(vec![Some(4)]),
-        }
+        })
     }
 
-    fn decode(body: JsonValue, kind: &InputKind) -> Result<Vec<Value>, String> {
+    fn decode(body: JsonValue, kind: &ValueKind) -> Result<Vec<Value>, String> {
         fuzz_decode_request(None, body.to_string().as_bytes(), kind, 1024)
     }
 
     #[test]
     fn shapes_from_clients_are_checked_not_wrapped() {
-        let free = InputKind::Tensor {
+        let free = ValueKind::Tensor(TensorSpec {
             dtype: DType::F32,
             shape: Some(vec![None, None]),
-        };
+        });
         for (shape, why) in [
             (
                 json!([4611686018427387904u64, 4]),
@@ -827,7 +925,7 @@ mod tests {
         }
         let body = json!({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1, 4611686018427387904u64, 4], "data": []}]});
         assert!(
-            decode(body, &InputKind::Text)
+            decode(body, &ValueKind::Text)
                 .unwrap_err()
                 .contains("is too large")
         );
@@ -838,10 +936,10 @@ mod tests {
         let body = json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [2, 4], "data": [1, 2, 3, 4, 5, 6, 7, 8]}]});
         assert_eq!(decode(body, &iris()).unwrap().len(), 2);
         // Rows without data are still one example each.
-        let free = InputKind::Tensor {
+        let free = ValueKind::Tensor(TensorSpec {
             dtype: DType::F32,
             shape: Some(vec![None]),
-        };
+        });
         let body =
             json!({"inputs": [{"name": "input", "datatype": "FP32", "shape": [3, 0], "data": []}]});
         assert_eq!(decode(body, &free).unwrap().len(), 3);

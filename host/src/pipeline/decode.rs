@@ -1,10 +1,10 @@
 //! Decoding one input line into an optional key and an example value, natively in the
-//! host, according to the handler's declared input kind.
+//! host, according to the inputs of the handler's signature.
 
-use crate::contract::InputKind;
+use crate::contract::{FieldKind, TensorSpec, ValueKind};
 use crate::error::{ErrorCode, InferenceError};
 use crate::tensor::{Tensor, json_kind};
-use crate::value::Value;
+use crate::value::{Field, Value};
 use base64::Engine as _;
 use serde_json::value::RawValue;
 
@@ -37,7 +37,7 @@ fn invalid(key: Option<serde_json::Value>, message: String) -> DecodeError {
 
 /// Decodes one JSONL line. A line is keyed when it is an object with exactly the two
 /// fields `key` and `example`; anything else is an example.
-pub fn decode_line(line: &str, input: &InputKind) -> Result<Decoded, DecodeError> {
+pub fn decode_line(line: &str, input: &ValueKind) -> Result<Decoded, DecodeError> {
     if line.trim().is_empty() {
         return Err(invalid(None, "empty line".into()));
     }
@@ -62,67 +62,79 @@ pub fn decode_line(line: &str, input: &InputKind) -> Result<Decoded, DecodeError
     }
 }
 
-/// Checks an example tensor against the handler's declared shape (`None` dims are free).
-pub fn check_shape(tensor: &Tensor, want: Option<&[Option<u64>]>) -> Result<(), String> {
-    let Some(want) = want else {
-        return Ok(());
-    };
-    let fits = want.len() == tensor.shape().len()
-        && want
-            .iter()
-            .zip(tensor.shape())
-            .all(|(w, &g)| w.is_none_or(|w| w == g as u64));
-    if fits {
-        return Ok(());
-    }
-    let want: Vec<String> = want
-        .iter()
-        .map(|d| d.map_or("?".into(), |d| d.to_string()))
-        .collect();
-    Err(format!(
-        "expected a tensor of shape [{}], got {:?}",
-        want.join(", "),
-        tensor.shape()
-    ))
-}
-
 /// Decodes one example that came as raw bytes (an element of an Open Inference
 /// Protocol `BYTES` tensor) for a handler that takes bytes, text or JSON: the same
 /// kinds as [`decode_example`], from the raw form instead of a JSON value.
-pub fn decode_element(element: Vec<u8>, input: &InputKind) -> Result<Value, String> {
+pub fn decode_element(element: Vec<u8>, input: &ValueKind) -> Result<Value, String> {
     match input {
-        InputKind::Bytes => Ok(Value::Bytes(element)),
-        InputKind::Text | InputKind::Json => {
-            let text = String::from_utf8(element)
-                .map_err(|_| "a BYTES element is not UTF-8".to_string())?;
-            if matches!(input, InputKind::Text) {
-                Ok(Value::Text(text))
-            } else {
-                RawValue::from_string(text)
-                    .map(Value::Json)
-                    .map_err(|e| format!("not JSON: {e}"))
-            }
+        ValueKind::Bytes => Ok(Value::Bytes(element)),
+        ValueKind::Text => utf8(element).map(Value::Text),
+        ValueKind::Json => RawValue::from_string(utf8(element)?)
+            .map(Value::Json)
+            .map_err(|e| format!("not JSON: {e}")),
+        ValueKind::Tensor(_) | ValueKind::Fields { .. } => {
+            Err(format!("a {} input takes numbers, not BYTES", input.name()))
         }
-        InputKind::Tensor { .. } => Err("a tensor input takes numbers, not BYTES".into()),
     }
 }
 
+/// A `BYTES` element as text.
+pub fn utf8(element: Vec<u8>) -> Result<String, String> {
+    String::from_utf8(element).map_err(|_| "a BYTES element is not UTF-8".to_string())
+}
+
 /// Decodes one example for a handler that takes `input`.
-pub fn decode_example(example: &serde_json::Value, input: &InputKind) -> Result<Value, String> {
+pub fn decode_example(example: &serde_json::Value, input: &ValueKind) -> Result<Value, String> {
     match input {
-        InputKind::Tensor { dtype, shape } => {
-            let tensor = Tensor::from_json(example, *dtype).map_err(|e| e.to_string())?;
-            check_shape(&tensor, shape.as_deref())?;
-            Ok(Value::Tensor(tensor))
+        ValueKind::Tensor(spec) => decode_tensor(example, spec).map(Value::Tensor),
+        ValueKind::Fields { fields } => {
+            let serde_json::Value::Object(members) = example else {
+                return Err(format!(
+                    "expected an object with the fields {}, got {}",
+                    field_names(input),
+                    json_kind(example)
+                ));
+            };
+            if let Some(unknown) = members
+                .keys()
+                .find(|name| !fields.iter().any(|f| f.name == **name))
+            {
+                return Err(format!(
+                    "unknown field `{}` (the handler takes {})",
+                    crate::untrusted::guest_text(unknown),
+                    field_names(input)
+                ));
+            }
+            let named = fields
+                .iter()
+                .map(|spec| {
+                    let member = members
+                        .get(&spec.name)
+                        .ok_or_else(|| format!("field `{}` is missing", spec.name))?;
+                    let field = match &spec.kind {
+                        FieldKind::Tensor(t) => decode_tensor(member, t).map(Field::Tensor),
+                        FieldKind::Text => match member {
+                            serde_json::Value::String(s) => Ok(Field::Text(s.clone())),
+                            other => {
+                                Err(format!("expected a JSON string, got {}", json_kind(other)))
+                            }
+                        },
+                    };
+                    field
+                        .map(|f| (spec.name.clone(), f))
+                        .map_err(|e| format!("field `{}`: {e}", spec.name))
+                })
+                .collect::<Result<_, String>>()?;
+            Ok(Value::Fields(named))
         }
-        InputKind::Json => RawValue::from_string(example.to_string())
+        ValueKind::Json => RawValue::from_string(example.to_string())
             .map(Value::Json)
             .map_err(|e| e.to_string()),
-        InputKind::Text => match example {
+        ValueKind::Text => match example {
             serde_json::Value::String(s) => Ok(Value::Text(s.clone())),
             other => Err(format!("expected a JSON string, got {}", json_kind(other))),
         },
-        InputKind::Bytes => match example {
+        ValueKind::Bytes => match example {
             serde_json::Value::String(s) => base64::engine::general_purpose::STANDARD
                 .decode(s)
                 .map(Value::Bytes)
@@ -135,16 +147,95 @@ pub fn decode_example(example: &serde_json::Value, input: &InputKind) -> Result<
     }
 }
 
+/// A nested JSON array (or tensor object) as a tensor of the spec's dtype and shape.
+pub fn decode_tensor(example: &serde_json::Value, spec: &TensorSpec) -> Result<Tensor, String> {
+    let tensor = Tensor::from_json(example, spec.dtype).map_err(|e| e.to_string())?;
+    spec.check_shape(tensor.shape())?;
+    Ok(tensor)
+}
+
+/// `input_ids, attention_mask`: the declared field names, for messages.
+fn field_names(kind: &ValueKind) -> String {
+    match kind {
+        ValueKind::Fields { fields } => fields
+            .iter()
+            .map(|f| format!("`{}`", f.name))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.name().to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::tensor::DType;
 
-    fn iris() -> InputKind {
-        InputKind::Tensor {
+    fn iris() -> ValueKind {
+        ValueKind::Tensor(TensorSpec {
             dtype: DType::F32,
             shape: Some(vec![Some(4)]),
+        })
+    }
+
+    fn bert() -> ValueKind {
+        let ids = |name: &str| crate::contract::FieldSpec {
+            name: name.into(),
+            kind: FieldKind::Tensor(TensorSpec {
+                dtype: DType::I64,
+                shape: Some(vec![None]),
+            }),
+        };
+        ValueKind::Fields {
+            fields: vec![ids("input_ids"), ids("attention_mask")],
         }
+    }
+
+    #[test]
+    fn named_fields_are_decoded_by_the_signature() {
+        let line = r#"{"input_ids": [101, 7592, 102], "attention_mask": [1, 1, 1]}"#;
+        let Value::Fields(named) = decode_line(line, &bert()).unwrap().value else {
+            panic!("fields expected");
+        };
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["input_ids", "attention_mask"]);
+        let Field::Tensor(ids) = &named[0].1 else {
+            panic!("a tensor expected")
+        };
+        assert_eq!((ids.dtype(), ids.shape()), (DType::I64, &[3usize][..]));
+        assert_eq!(ids.to_i64().unwrap(), [101, 7592, 102]);
+        // The keyed form wraps the same object.
+        let keyed = format!(r#"{{"key": "doc-1", "example": {line}}}"#);
+        assert_eq!(
+            decode_line(&keyed, &bert()).unwrap().key,
+            Some(serde_json::json!("doc-1"))
+        );
+        let missing = decode_line(r#"{"input_ids": [1]}"#, &bert()).unwrap_err();
+        assert_eq!(missing.error.message, "field `attention_mask` is missing");
+        let unknown = decode_line(
+            r#"{"input_ids": [1], "attention_mask": [1], "token_type_ids": [0]}"#,
+            &bert(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            unknown.error.message,
+            "unknown field `token_type_ids` (the handler takes `input_ids`, `attention_mask`)"
+        );
+        let bad =
+            decode_line(r#"{"input_ids": [[1]], "attention_mask": [1]}"#, &bert()).unwrap_err();
+        assert_eq!(
+            bad.error.message,
+            "field `input_ids`: expected a tensor of shape [?], got [1, 1]"
+        );
+        assert!(
+            decode_line("[1, 2]", &bert())
+                .unwrap_err()
+                .error
+                .message
+                .starts_with(
+                    "expected an object with the fields `input_ids`, `attention_mask`, got"
+                )
+        );
     }
 
     #[test]
@@ -180,16 +271,16 @@ mod tests {
     #[test]
     fn text_json_and_bytes_examples() {
         assert!(
-            matches!(decode_line("\"hi\"", &InputKind::Text).unwrap().value, Value::Text(t) if t == "hi")
+            matches!(decode_line("\"hi\"", &ValueKind::Text).unwrap().value, Value::Text(t) if t == "hi")
         );
-        assert!(decode_line("3", &InputKind::Text).is_err());
+        assert!(decode_line("3", &ValueKind::Text).is_err());
         assert!(matches!(
-            decode_line(r#"{"a": 1}"#, &InputKind::Json).unwrap().value,
+            decode_line(r#"{"a": 1}"#, &ValueKind::Json).unwrap().value,
             Value::Json(raw) if raw.get() == r#"{"a":1}"#
         ));
         assert!(
-            matches!(decode_line("\"aGk=\"", &InputKind::Bytes).unwrap().value, Value::Bytes(b) if b == b"hi")
+            matches!(decode_line("\"aGk=\"", &ValueKind::Bytes).unwrap().value, Value::Bytes(b) if b == b"hi")
         );
-        assert!(decode_line("\"***\"", &InputKind::Bytes).is_err());
+        assert!(decode_line("\"***\"", &ValueKind::Bytes).is_err());
     }
 }

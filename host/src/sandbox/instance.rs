@@ -1,7 +1,8 @@
 //! One sandboxed handler instance: its store, the host side of its imports (tensors,
 //! models, metrics, log) and the calls into its exports.
 
-pub use crate::contract::{HandlerInfo, InputKind};
+pub use crate::contract::HandlerInfo;
+use crate::contract::{FieldKind, FieldSpec, Signature, TensorSpec, ValueKind};
 use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::{BatchingConfig, Grants, Limits};
 use crate::metrics::Metrics;
@@ -9,8 +10,8 @@ use crate::model::{GrantedModel, ModelHandle, TensorInfo};
 use crate::sandbox::bindings::{self, Handler, HandlerPre, api, inference, types};
 use crate::sandbox::wasi::{self, OutputTail};
 use crate::tensor::{DType, Tensor, TensorError};
-use crate::untrusted::{self, MAX_JSON_DEPTH, escape_control, guest_text};
-use crate::value::Value;
+use crate::untrusted::{self, MAX_JSON_DEPTH, guest_text};
+use crate::value::{Field, Value};
 use serde_json::value::RawValue;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -188,7 +189,7 @@ impl HandlerInstance {
                 InferenceError::new(ErrorCode::InvalidInput, message),
             )
         };
-        check_info(&info).map_err(|e| refused(e.0))?;
+        check_info(&info, &store.data().env.limits).map_err(|e| refused(e.0))?;
         let state = store.data_mut();
         let namespace = state.env.namespaced(
             namespace_override
@@ -224,14 +225,28 @@ impl HandlerInstance {
             .expect("set when the instance started")
     }
 
-    /// Beam's `load_model`.
+    /// Beam's `load_model`, then `signature`: the model just loaded may change what
+    /// a generic handler declares.
     pub fn load_model(&mut self) -> Result<(), InferenceError> {
         set_deadline(&mut self.store);
-        self.handler
-            .runinfer_handler_handler_api()
-            .call_load_model(&mut self.store)
+        let api = self.handler.runinfer_handler_handler_api();
+        api.call_load_model(&mut self.store)
             .map_err(|e| trap_error(e, &self.store.data().output))?
-            .map_err(from_guest_error)
+            .map_err(from_guest_error)?;
+        set_deadline(&mut self.store);
+        let signature = api
+            .call_get_signature(&mut self.store)
+            .map_err(|e| trap_error(e, &self.store.data().output))?
+            .map_err(from_guest_error)?;
+        let signature = Signature {
+            inputs: convert_kind(signature.inputs),
+            outputs: convert_kind(signature.outputs),
+        };
+        signature
+            .validate()
+            .map_err(|e| InferenceError::new(ErrorCode::InvalidInput, e.0))?;
+        self.info.signature = signature;
+        Ok(())
     }
 
     /// Beam's `update_model_path`, followed by `load_model`.
@@ -286,6 +301,16 @@ impl HandlerInstance {
             .map(|(i, value)| state.value_from_guest(value, i))
             .collect::<Result<Vec<_>, _>>()?;
         state.log_summary();
+        // Nothing that contradicts the declared outputs is ever written.
+        for (i, value) in values.iter().enumerate() {
+            self.info.signature.outputs.check(value).map_err(|e| {
+                InferenceError::new(
+                    ErrorCode::Signature,
+                    format!("inference {i} does not match the handler's declared outputs: {e}"),
+                )
+            })?;
+        }
+        let state = self.store.data_mut();
         let bytes = values
             .iter()
             .fold(0usize, |sum, v| sum.saturating_add(v.footprint()));
@@ -329,22 +354,46 @@ fn convert_info(info: api::HandlerInfo) -> HandlerInfo {
         },
         min_ram_mb: info.resource_hints.min_ram_mb,
         accelerator: info.resource_hints.accelerator,
-        share_model: info.share_model,
-        input: match info.input {
-            api::InputKind::Tensor(spec) => InputKind::Tensor {
-                dtype: dtype_from_wit(spec.dtype),
-                shape: spec.shape,
-            },
-            api::InputKind::Json => InputKind::Json,
-            api::InputKind::Text => InputKind::Text,
-            api::InputKind::Bytes => InputKind::Bytes,
+        // Until `load-model` has run and `signature` answered.
+        signature: Signature {
+            inputs: ValueKind::Json,
+            outputs: ValueKind::Json,
         },
     }
 }
 
+fn convert_spec(spec: types::TensorSpec) -> TensorSpec {
+    TensorSpec {
+        dtype: dtype_from_wit(spec.dtype),
+        shape: spec.shape,
+    }
+}
+
+fn convert_kind(kind: types::ValueKind) -> ValueKind {
+    match kind {
+        types::ValueKind::Tensor(spec) => ValueKind::Tensor(convert_spec(spec)),
+        types::ValueKind::Fields(fields) => ValueKind::Fields {
+            fields: fields
+                .into_iter()
+                .map(|f| FieldSpec {
+                    name: f.name,
+                    kind: match f.kind {
+                        types::FieldKind::Tensor(spec) => FieldKind::Tensor(convert_spec(spec)),
+                        types::FieldKind::Text => FieldKind::Text,
+                    },
+                })
+                .collect(),
+        },
+        types::ValueKind::Json => ValueKind::Json,
+        types::ValueKind::Text => ValueKind::Text,
+        types::ValueKind::Bytes => ValueKind::Bytes,
+    }
+}
+
 /// What `init` declared, checked before the host acts on any of it: batching values
-/// size allocations and queues of the whole process, hints are shown to operators.
-fn check_info(info: &HandlerInfo) -> Result<(), untrusted::Refused> {
+/// size allocations and queues of the whole process; resource hints are honoured by
+/// refusing an instance that cannot meet them, at load rather than mid-batch.
+fn check_info(info: &HandlerInfo, limits: &Limits) -> Result<(), untrusted::Refused> {
     let b = &info.batching;
     for (key, value) in [
         ("min_batch_size", b.min_batch_size),
@@ -365,23 +414,18 @@ fn check_info(info: &HandlerInfo) -> Result<(), untrusted::Refused> {
             "the handler's batch_elements_kwargs: min_batch_size {min} is more than max_batch_size {max}; override it in [batching] of plugin.toml"
         )));
     }
-    if let Some(accelerator) = &info.accelerator
-        && (accelerator.len() > 64 || escape_control(accelerator) != accelerator.as_str())
-    {
-        return Err(untrusted::Refused(
-            "the handler's resource hint `accelerator` must be at most 64 printable characters"
-                .into(),
-        ));
-    }
-    if let InputKind::Tensor {
-        shape: Some(shape), ..
-    } = &info.input
-        && shape.len() > crate::tensor::MAX_RANK
+    if let Some(need) = info.min_ram_mb
+        && need > u64::from(limits.memory_mb)
     {
         return Err(untrusted::Refused(format!(
-            "the handler's input shape has {} dimensions, more than {}",
-            shape.len(),
-            crate::tensor::MAX_RANK
+            "the handler's resource hint min_ram_mb ({need}) is more than its instance may use: [limits] memory_mb = {}",
+            limits.memory_mb
+        )));
+    }
+    if let Some(accelerator) = &info.accelerator {
+        return Err(untrusted::Refused(format!(
+            "the handler's resource hint asks for accelerator \"{}\"; this host runs models on the CPU only",
+            guest_text(accelerator)
         )));
     }
     Ok(())
@@ -552,8 +596,27 @@ impl InstanceState {
                 let mut pushed = self.push_tensors(vec![((), t)]).map_err(exhausted)?;
                 types::Value::Tensor(pushed.remove(0).1)
             }
-            Value::Tensors(named) => {
-                types::Value::Tensors(self.push_tensors(named).map_err(exhausted)?)
+            Value::Fields(named) => {
+                let bytes = named
+                    .iter()
+                    .fold(0usize, |sum, (_, f)| sum.saturating_add(f.footprint()));
+                self.admit(bytes).map_err(|e| exhausted(e.into()))?;
+                types::Value::Fields(
+                    named
+                        .into_iter()
+                        .map(|(name, field)| {
+                            Ok((
+                                name,
+                                match field {
+                                    Field::Tensor(t) => types::Field::Tensor(
+                                        self.push_tensor(t).map_err(|e| exhausted(e.into()))?,
+                                    ),
+                                    Field::Text(text) => types::Field::Text(text),
+                                },
+                            ))
+                        })
+                        .collect::<Result<_, InferenceError>>()?,
+                )
             }
             Value::Json(raw) => types::Value::Json(raw.get().to_string()),
             Value::Text(text) => types::Value::Text(text),
@@ -574,22 +637,32 @@ impl InstanceState {
         };
         Ok(match value {
             types::Value::Tensor(r) => Value::Tensor(self.take_tensor(r).map_err(bad)?),
-            types::Value::Tensors(named) => {
+            types::Value::Fields(named) => {
                 let mut seen = std::collections::HashSet::with_capacity(named.len());
                 if let Some((name, _)) = named.iter().find(|(name, _)| !seen.insert(name.as_str()))
                 {
                     return Err(InferenceError::new(
-                        ErrorCode::Internal,
+                        ErrorCode::Signature,
                         format!(
-                            "inference {index}: the handler named two tensors \"{}\"",
+                            "inference {index}: the handler named two fields \"{}\"",
                             guest_text(name)
                         ),
                     ));
                 }
-                Value::Tensors(
+                Value::Fields(
                     named
                         .into_iter()
-                        .map(|(name, r)| Ok((name, self.take_tensor(r).map_err(bad)?)))
+                        .map(|(name, field)| {
+                            Ok((
+                                name,
+                                match field {
+                                    types::Field::Tensor(r) => {
+                                        Field::Tensor(self.take_tensor(r).map_err(bad)?)
+                                    }
+                                    types::Field::Text(text) => Field::Text(text),
+                                },
+                            ))
+                        })
                         .collect::<Result<_, InferenceError>>()?,
                 )
             }

@@ -1,6 +1,7 @@
 //! Iris classifier: an example is the four measurements of a flower, in the data
 //! set's order (sepal length, sepal width, petal length, petal width, in cm); the
-//! inference is the species name and the probability of each species.
+//! inference is the species name (`label`, text) and the probability of each
+//! species (`probabilities`, f32 [3], in the order of the `labels` argument).
 
 use runinfer_sdk::*;
 
@@ -21,11 +22,15 @@ impl ModelHandler for Iris {
         Ok(())
     }
 
-    fn input_kind(&self) -> InputKind {
-        InputKind::Tensor(TensorSpec {
-            dtype: Dtype::F32,
-            shape: Some(vec![Some(4)]),
-        })
+    fn signature(&self) -> Signature {
+        let classes = Some(self.labels.len() as u64);
+        Signature {
+            inputs: ValueKind::Tensor(TensorSpec::new(Dtype::F32, &[Some(4)])),
+            outputs: ValueKind::Fields(vec![
+                FieldSpec::text("label"),
+                FieldSpec::tensor("probabilities", Dtype::F32, &[classes]),
+            ]),
+        }
     }
 
     fn batch_elements_kwargs(&self) -> Batching {
@@ -50,68 +55,30 @@ impl ModelHandler for Iris {
         let features = Tensor::stack_values(batch)?;
         let mut outputs = model.run_one(&features)?;
         let labels = take_output(&mut outputs, "label")?.to_i64()?;
-        let probabilities = take_output(&mut outputs, "probabilities")?.to_f32()?;
-        let classes = self.labels.len();
-        if labels.len() != rows || probabilities.len() != rows * classes {
+        // Split in the host: the probabilities never enter guest memory.
+        let probabilities = take_output(&mut outputs, "probabilities")?.unstack()?;
+        if labels.len() != rows || probabilities.len() != rows {
             return Err(Error::model(format!(
-                "expected {rows} labels and {rows}x{classes} probabilities, got {} and {}",
+                "expected {rows} labels and {rows} rows of probabilities, got {} and {}",
                 labels.len(),
                 probabilities.len()
             )));
         }
         labels
             .iter()
-            .zip(probabilities.chunks(classes))
+            .zip(probabilities)
             .map(|(&label, probs)| {
                 let name = usize::try_from(label)
                     .ok()
                     .and_then(|i| self.labels.get(i))
                     .ok_or_else(|| Error::model(format!("label index {label} out of range")))?;
-                Ok(Value::Json(prediction_json(name, &self.labels, probs)))
+                Ok(Value::Fields(vec![
+                    ("label".to_string(), Field::Text(name.clone())),
+                    ("probabilities".to_string(), Field::Tensor(probs)),
+                ]))
             })
             .collect()
     }
-}
-
-/// `{"label": "setosa", "probabilities": {"setosa": 0.97, ...}}`, written into one
-/// buffer (this runs for every example, so no `format!`).
-fn prediction_json(label: &str, labels: &[String], probabilities: &[f32]) -> String {
-    use std::fmt::Write;
-    let mut json = String::with_capacity(96);
-    json.push_str("{\"label\":");
-    push_json_string(&mut json, label);
-    json.push_str(",\"probabilities\":{");
-    for (i, (name, p)) in labels.iter().zip(probabilities).enumerate() {
-        if i > 0 {
-            json.push(',');
-        }
-        push_json_string(&mut json, name);
-        json.push(':');
-        if p.is_finite() {
-            // Rust prints the shortest decimal that reads back as the same f32.
-            let _ = write!(json, "{p}");
-        } else {
-            json.push_str("null");
-        }
-    }
-    json.push_str("}}");
-    json
-}
-
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                use std::fmt::Write;
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 export_handler!(Iris);

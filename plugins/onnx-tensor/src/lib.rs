@@ -1,101 +1,137 @@
-//! The generic numeric handler, like Beam's `OnnxModelHandlerNumpy`: an example is a
-//! tensor (a nested JSON array, decoded by the host), the batch is stacked in the host
-//! and run through the model, and each example gets its row of the outputs: a tensor
-//! for a single-output model, named tensors otherwise.
+//! The generic numeric handler, like Beam's `OnnxModelHandlerNumpy` and its keyed
+//! tensor variants: the signature comes from the model. A model with one input takes
+//! a tensor per example (a nested JSON array); a model with several takes named
+//! tensors (`{"input_ids": [...], "attention_mask": [...]}`). Each batch is stacked
+//! per input in the host, run once, and split back into one row per example: a
+//! tensor for a single output, named tensors otherwise.
 //!
-//! Arguments (`[args]` in plugin.toml): `model` (default `model`), `dtype` of the
-//! input (default `f32`), `outputs` (comma-separated names; default all). The
-//! inference arg `outputs` overrides the last one for a call.
+//! Arguments (`[args]` in plugin.toml): `model` (default `model`), `outputs`
+//! (comma-separated names to return; default all of the model's outputs).
 
 use runinfer_sdk::*;
 
 #[derive(Default)]
 struct OnnxTensor {
     model_name: String,
-    dtype: Option<Dtype>,
     wanted_outputs: Option<Vec<String>>,
     model: Option<Model>,
-    input_name: String,
+    /// The model's inputs and the outputs returned, as one example sees them.
+    inputs: Vec<(String, TensorSpec)>,
+    outputs: Vec<(String, TensorSpec)>,
+}
+
+/// One example's part of a model tensor; a model that states no batch axis gets a
+/// spec of any rank.
+fn example_spec(info: &TensorInfo) -> TensorSpec {
+    info.example_spec().unwrap_or(TensorSpec {
+        dtype: info.dtype,
+        shape: None,
+    })
+}
+
+/// A single tensor, or named tensors when there are several.
+fn value_kind(parts: &[(String, TensorSpec)]) -> ValueKind {
+    match parts {
+        [(_, only)] => ValueKind::Tensor(only.clone()),
+        several => ValueKind::Fields(
+            several
+                .iter()
+                .map(|(name, spec)| FieldSpec {
+                    name: name.clone(),
+                    kind: FieldKind::Tensor(spec.clone()),
+                })
+                .collect(),
+        ),
+    }
 }
 
 impl ModelHandler for OnnxTensor {
     fn configure(&mut self, args: &Args) -> Result<(), Error> {
         self.model_name = arg(args, "model").unwrap_or("model").to_string();
-        self.dtype = Some(match arg(args, "dtype").unwrap_or("f32") {
-            "f32" => Dtype::F32,
-            "f64" => Dtype::F64,
-            "i32" => Dtype::I32,
-            "i64" => Dtype::I64,
-            other => {
-                return Err(Error::invalid_input(format!(
-                    "args.dtype: expected f32, f64, i32 or i64, got `{other}`"
-                )));
-            }
-        });
         self.wanted_outputs = arg(args, "outputs")
             .map(|list| list.split(',').map(|o| o.trim().to_string()).collect());
         Ok(())
     }
 
-    fn input_kind(&self) -> InputKind {
-        InputKind::Tensor(TensorSpec {
-            dtype: self.dtype.unwrap_or(Dtype::F32),
-            shape: None,
-        })
+    fn signature(&self) -> Signature {
+        Signature {
+            inputs: value_kind(&self.inputs),
+            outputs: value_kind(&self.outputs),
+        }
     }
 
     fn load_model(&mut self) -> Result<(), Error> {
         let model = Model::open(&self.model_name)?;
         let inputs = model.inputs();
-        let [input] = inputs.as_slice() else {
+        if inputs.is_empty() {
             return Err(Error::model(format!(
-                "onnx-tensor needs a model with one input, `{}` has {}",
-                self.model_name,
-                inputs.len()
+                "model `{}` has no inputs",
+                self.model_name
             )));
+        }
+        self.inputs = inputs
+            .iter()
+            .map(|i| (i.name.clone(), example_spec(i)))
+            .collect();
+        let outputs = model.outputs();
+        self.outputs = match &self.wanted_outputs {
+            None => outputs
+                .iter()
+                .map(|o| (o.name.clone(), example_spec(o)))
+                .collect(),
+            Some(wanted) => wanted
+                .iter()
+                .map(|name| {
+                    let info = outputs.iter().find(|o| o.name == *name).ok_or_else(|| {
+                        Error::invalid_input(format!(
+                            "args.outputs: model `{}` has no output `{name}`",
+                            self.model_name
+                        ))
+                    })?;
+                    Ok((name.clone(), example_spec(info)))
+                })
+                .collect::<Result<_, Error>>()?,
         };
-        self.input_name = input.name.clone();
         self.model = Some(model);
         Ok(())
     }
 
-    fn run_inference(&mut self, batch: Vec<Value>, args: &Args) -> Result<Vec<Value>, Error> {
+    fn run_inference(&mut self, batch: Vec<Value>, _args: &Args) -> Result<Vec<Value>, Error> {
         let model = self
             .model
             .as_ref()
             .ok_or_else(|| Error::internal("load_model was not called"))?;
         let rows = batch.len();
-        let input = Tensor::stack_values(batch)?;
-        let mut outputs = model.run(&[(self.input_name.clone(), &input)])?;
-        let per_call = arg(args, "outputs")
-            .map(|list| list.split(',').map(|o| o.trim().to_string()).collect());
-        if let Some(wanted) = per_call.as_ref().or(self.wanted_outputs.as_ref()) {
-            outputs = wanted
-                .iter()
-                .map(|name| Ok((name.clone(), take_output(&mut outputs, name)?)))
-                .collect::<Result<_, Error>>()?;
-        }
-        // Split every output into rows, in the host.
-        let mut columns = Vec::with_capacity(outputs.len());
-        for (name, tensor) in outputs {
-            let split = tensor.unstack()?;
+        let stacked = match self.inputs.as_slice() {
+            [(name, _)] => vec![(name.clone(), Tensor::stack_values(batch)?)],
+            _ => Tensor::stack_fields(batch)?,
+        };
+        let feed: Vec<(String, &Tensor)> = stacked.iter().map(|(n, t)| (n.clone(), t)).collect();
+        let mut outputs = model.run(&feed)?;
+        // Split every returned output into rows, in the host.
+        let mut columns = Vec::with_capacity(self.outputs.len());
+        for (name, _) in &self.outputs {
+            let split = take_output(&mut outputs, name)?.unstack()?;
             if split.len() != rows {
                 return Err(Error::model(format!(
                     "output `{name}` has {} rows for a batch of {rows}",
                     split.len()
                 )));
             }
-            columns.push((name, split.into_iter()));
+            columns.push((name.clone(), split.into_iter()));
         }
         if let [(_, only)] = columns.as_mut_slice() {
             return Ok(only.map(Value::Tensor).collect());
         }
         Ok((0..rows)
             .map(|_| {
-                Value::Tensors(
+                Value::Fields(
                     columns
                         .iter_mut()
-                        .map(|(name, rows)| (name.clone(), rows.next().expect("row count checked")))
+                        .map(|(name, rows)| {
+                            let row = rows.next().expect("row count checked");
+                            (name.clone(), Field::Tensor(row))
+                        })
                         .collect(),
                 )
             })

@@ -39,8 +39,12 @@ impl ModelHandler for TextStats {
         Ok(())
     }
 
-    fn input_kind(&self) -> InputKind {
-        InputKind::Text
+    fn signature(&self) -> Signature {
+        // The inference is a small JSON object (`top_word` may be null).
+        Signature {
+            inputs: ValueKind::Text,
+            outputs: ValueKind::Json,
+        }
     }
 
     fn load_model(&mut self) -> Result<(), Error> {

@@ -115,12 +115,22 @@ fn list_and_inspect_describe_the_bundled_plugins() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for name in ["iris", "onnx-tensor", "text-stats"] {
+    for (name, signature) in [
+        (
+            "iris",
+            "signature=tensor(f32 [4]) -> fields(label: text, probabilities: f32 [3])",
+        ),
+        (
+            "onnx-tensor",
+            "signature=tensor(f32 [2, 3]) -> fields(logits: f32 [3], hidden: f32 [5])",
+        ),
+        ("text-stats", "signature=text -> json"),
+    ] {
         assert!(
             stdout
                 .lines()
-                .any(|l| l.starts_with(name) && l.contains(" ok ")),
-            "{stdout}"
+                .any(|l| l.starts_with(name) && l.contains(" ok ") && l.ends_with(signature)),
+            "{name}: {signature}\n{stdout}"
         );
     }
     // A plugin of sources and a build script, not built yet: failed, with the hint.
@@ -148,7 +158,17 @@ fn list_and_inspect_describe_the_bundled_plugins() {
     let out = runinfer().args(["inspect", "iris"]).output().unwrap();
     assert!(out.status.success());
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(info["handler"]["input"]["kind"], "tensor");
+    // The handler's signature: what `run` and `serve` take and return.
+    assert_eq!(
+        info["handler"]["signature"],
+        serde_json::json!({
+            "inputs": {"kind": "tensor", "dtype": "f32", "shape": [4]},
+            "outputs": {"kind": "fields", "fields": [
+                {"name": "label", "kind": "text"},
+                {"name": "probabilities", "kind": "tensor", "dtype": "f32", "shape": [3]},
+            ]},
+        })
+    );
     assert_eq!(info["models"][0]["inputs"][0]["name"], "input");
     assert_eq!(info["models"][0]["outputs"][1]["name"], "probabilities");
 }

@@ -58,10 +58,16 @@ impl Server {
     /// stops the server; the script must succeed and end with "ok". Returns what the
     /// script printed and the server's log.
     fn run_client(self, script: &str) -> (String, String) {
+        self.run_client_with(script, &[])
+    }
+
+    /// [`Server::run_client`] with more arguments for the script.
+    fn run_client_with(self, script: &str, extra: &[&std::ffi::OsStr]) -> (String, String) {
         let client = Command::new(client_python())
             .arg(root().join(script))
             .arg(&self.address)
             .arg(root())
+            .args(extra)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
@@ -93,6 +99,60 @@ impl Server {
 #[test]
 fn tritonclient_and_prometheus_client_against_runinfer_serve() {
     Server::start(&[]).run_client("tests/python/oip_client.py");
+}
+
+#[test]
+fn tritonclient_reads_the_metadata_and_sends_three_named_inputs() {
+    use crate::multi_input::{examples, minilm3, reference};
+    let model = minilm3();
+    let lines = examples();
+    let input = runinfer_e2e::jsonl(lines.iter().cloned());
+    let files = tempfile::tempdir().unwrap();
+    let (examples_path, reference_path) =
+        (files.path().join("x.jsonl"), files.path().join("r.jsonl"));
+    std::fs::write(&examples_path, &input).unwrap();
+    let reference: String = reference(&model, &input)
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect();
+    std::fs::write(&reference_path, reference).unwrap();
+    let plugins = tempfile::tempdir().unwrap();
+    let tensor = root().join("plugins/onnx-tensor");
+    for backend in ["tract", "onnxruntime"] {
+        let dir = plugins.path().join(format!("minilm-{backend}"));
+        plugin_copy(
+            &tensor,
+            "onnx-tensor.wasm",
+            &dir,
+            &format!(
+                "name = \"minilm-{backend}\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = {{ path = \"net.onnx\", backend = \"{backend}\" }}\n"
+            ),
+        );
+        for old in std::fs::read_dir(dir.join("models")).unwrap() {
+            std::fs::remove_file(old.unwrap().path()).unwrap();
+        }
+        std::fs::copy(&model, dir.join("net.onnx")).unwrap();
+    }
+    let library = crate::onnxruntime::library();
+    let (stdout, _) = Server::start(&[
+        "--plugins".as_ref(),
+        plugins.path().as_os_str(),
+        "--onnxruntime-lib".as_ref(),
+        library.as_os_str(),
+    ])
+    .run_client_with(
+        "tests/python/multi_input_client.py",
+        &[
+            examples_path.as_os_str(),
+            reference_path.as_os_str(),
+            "minilm-tract".as_ref(),
+            "minilm-onnxruntime".as_ref(),
+        ],
+    );
+    assert!(
+        stdout.contains("minilm-onnxruntime: 14 examples x 2 encodings"),
+        "{stdout}"
+    );
 }
 
 /// Copies a plugin directory's files (not its sources) into `to`, with `manifest`.

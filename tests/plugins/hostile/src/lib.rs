@@ -10,6 +10,9 @@ struct Hostile {
     /// What `init` declares, from `[args]`: a hostile tenant's handler info.
     namespace: Option<String>,
     batching: Option<Batching>,
+    hints: Option<ResourceHints>,
+    /// `[args] signature = "twice"`: declares one output field twice.
+    bad_signature: bool,
 }
 
 fn number(args: &Args, name: &str) -> Option<u32> {
@@ -29,6 +32,15 @@ fn recurse(depth: u64) -> u64 {
 impl ModelHandler for Hostile {
     fn configure(&mut self, args: &Args) -> Result<(), Error> {
         self.namespace = arg(args, "namespace").map(str::to_string);
+        let min_ram_mb = arg(args, "min_ram_mb").and_then(|v| v.parse().ok());
+        let accelerator = arg(args, "accelerator").map(str::to_string);
+        if min_ram_mb.is_some() || accelerator.is_some() {
+            self.hints = Some(ResourceHints {
+                min_ram_mb,
+                accelerator,
+            });
+        }
+        self.bad_signature = arg(args, "signature") == Some("twice");
         let batching = Batching {
             min_batch_size: number(args, "min_batch_size"),
             max_batch_size: number(args, "max_batch_size"),
@@ -55,18 +67,40 @@ impl ModelHandler for Hostile {
         })
     }
 
-    fn input_kind(&self) -> InputKind {
-        InputKind::Text
+    fn resource_hints(&self) -> ResourceHints {
+        self.hints.clone().unwrap_or(ResourceHints {
+            min_ram_mb: None,
+            accelerator: None,
+        })
+    }
+
+    fn signature(&self) -> Signature {
+        if self.bad_signature {
+            return Signature {
+                inputs: ValueKind::Text,
+                outputs: ValueKind::Fields(vec![FieldSpec::text("a"), FieldSpec::text("a")]),
+            };
+        }
+        // Declares text out; some misdeeds return something else.
+        Signature {
+            inputs: ValueKind::Text,
+            outputs: ValueKind::Text,
+        }
     }
 
     fn load_model(&mut self) -> Result<(), Error> {
         Ok(())
     }
 
-    fn run_inference(&mut self, batch: Vec<Value>, _args: &Args) -> Result<Vec<Value>, Error> {
+    fn run_inference(&mut self, batch: Vec<Value>, args: &Args) -> Result<Vec<Value>, Error> {
         let mut out = Vec::with_capacity(batch.len());
         for example in batch {
             let deed = example.into_text()?;
+            if deed == "echo-args" {
+                let pairs: Vec<String> = args.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.push(Value::Text(pairs.join(";")));
+                continue;
+            }
             out.push(self.misbehave(&deed)?);
         }
         Ok(out)
@@ -223,10 +257,12 @@ impl Hostile {
                 "[".repeat(200_000),
                 "]".repeat(200_000)
             ))),
-            "duplicate-names" => Ok(Value::Tensors(vec![
-                ("a".into(), Tensor::from_f32(&[1], &[1.0])?),
-                ("a".into(), Tensor::from_f32(&[1], &[2.0])?),
+            "duplicate-names" => Ok(Value::Fields(vec![
+                ("a".into(), Field::Tensor(Tensor::from_f32(&[1], &[1.0])?)),
+                ("a".into(), Field::Tensor(Tensor::from_f32(&[1], &[2.0])?)),
             ])),
+            // Contradicts the declared outputs (text).
+            "wrong-output" => Ok(Value::Tensor(Tensor::from_f32(&[2], &[1.0, 2.0])?)),
             "empty-rows" => {
                 let t = Tensor::from_bytes(Dtype::F32, &[3, 0], &[])?;
                 Ok(Value::Text(format!("{} rows", t.unstack()?.len())))
