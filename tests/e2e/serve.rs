@@ -173,7 +173,7 @@ fn health_metadata_and_inference() {
     assert_eq!(
         meta["outputs"],
         json!([
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1], "parameters": {"content_type": "str"}},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
         ])
     );

@@ -1,8 +1,10 @@
 """Real Beam pipelines on Beam's local runner with RuninferModelHandler: unkeyed and
-keyed iris, a text handler, a server that dies and is started again, and model refresh
-through update_model_path. Exits non-zero on the first mismatch.
+keyed iris, a text handler, a model of three named inputs fed dicts of arrays (like
+Beam's keyed-tensor handlers) with ragged sequence lengths, a server that dies and is
+started again, and model refresh through update_model_path. Exits non-zero on the
+first mismatch.
 
-    usage: python beam_pipeline.py REPO_ROOT RUNINFER_BINARY
+    usage: python beam_pipeline.py REPO_ROOT RUNINFER_BINARY MINILM3.onnx EXAMPLES.jsonl REFERENCE.jsonl
 """
 
 import json
@@ -59,6 +61,36 @@ def handler(plugin, **kw):
     return RuninferModelHandler(plugin, plugin_dir=str(ROOT / "plugins"), binary=BINARY, **kw)
 
 
+def named_inputs():
+    """MiniLM with BERT's three inputs through onnx-tensor: dict examples of several
+    sequence lengths in one Beam batch, every output against onnxruntime's."""
+    model, examples_path, reference_path = sys.argv[3:6]
+    lines = [json.loads(line) for line in open(examples_path)]
+    examples = [{k: np.asarray(v, dtype=np.int64) for k, v in line.get("example", line).items()} for line in lines]
+    reference = [json.loads(line) for line in open(reference_path)]
+    with tempfile.TemporaryDirectory() as tmp:
+        plugin = Path(tmp) / "minilm"
+        plugin.mkdir()
+        shutil.copy(ROOT / "plugins" / "onnx-tensor" / "onnx-tensor.wasm", plugin)
+        shutil.copy(model, plugin / "net.onnx")
+        (plugin / "plugin.toml").write_text('name = "minilm"\ncomponent = "onnx-tensor.wasm"\n[models]\nmodel = "net.onnx"\n')
+        h = RuninferModelHandler("minilm", plugin_dir=tmp, binary=BINARY, max_batch_size=8)
+
+        def check_minilm(pairs):
+            check(sorted(k for k, _ in pairs) == list(range(len(examples))), "every key comes back once")
+            for key, r in pairs:
+                want, mask = reference[key], examples[key]["attention_mask"] == 1
+                emb = np.asarray(r.inference["sentence_embedding"])
+                check(np.abs(emb - want["sentence_embedding"]).max() <= TOLERANCE, f"{key}: embedding")
+                diff = np.abs(np.asarray(r.inference["last_hidden_state"]) - want["last_hidden_state"]).max(axis=-1)
+                check(diff[mask].max() <= TOLERANCE and (mask.all() or diff[~mask].max() <= 1e-4), f"{key}: states {diff.max()}")
+
+        with beam.Pipeline(options=OPTIONS) as p:
+            keyed = p | beam.Create(list(enumerate(examples))) | RunInference(KeyedModelHandler(h))
+            assert_that(keyed, check_minilm)
+    print(f"named inputs: {len(examples)} dicts of three int64 arrays, ragged, match onnxruntime")
+
+
 def main():
     iris = golden("iris.jsonl")
     examples = [np.asarray(g["example"], dtype=np.float32) for g in iris]
@@ -98,11 +130,13 @@ def main():
         assert_that(p | beam.Create(texts) | RunInference(handler("text-stats")), check_text)
     print("text-stats: strings through BYTES")
 
+    named_inputs()
+
     # A server that dies is started again on the next batch.
     server = handler("iris").load_model()
     first = server.address()
     os.kill(server.pid(), 9)
-    inferences, _ = server.infer("iris", "FP32", examples[:3])
+    inferences, _ = server.infer("iris", examples[:3])
     check([i["label"] for i in inferences] == [g["label"] for g in iris[:3]], inferences)
     check(server.restart_count() == 1, server.restart_count())
     print(f"restart: killed the server at {first}; the next batch started one at {server.address()}")

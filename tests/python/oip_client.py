@@ -63,7 +63,7 @@ def main():
     check(
         meta["outputs"]
         == [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "label", "datatype": "BYTES", "shape": [-1], "parameters": {"content_type": "str"}},
             {"name": "probabilities", "datatype": "FP32", "shape": [-1, 3]},
         ],
         f"iris metadata: {meta}",

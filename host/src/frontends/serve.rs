@@ -164,17 +164,22 @@ fn tensor_metadata(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
         }
         json!({"name": name, "datatype": spec.dtype.oip_name(), "shape": dims})
     }
-    let bytes = |name: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1]});
+    // What a BYTES tensor holds, as MLServer's metadata says it: strings (`str`), or
+    // JSON text (`json`; bytes inferences are `{"base64": ...}` objects).
+    let bytes = |name: &str, content: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1], "parameters": {"content_type": content}});
     match kind {
         ValueKind::Tensor(spec) => vec![spec_json(unnamed, spec)],
         ValueKind::Fields { fields } => fields
             .iter()
             .map(|f| match &f.kind {
                 FieldKind::Tensor(spec) => spec_json(&f.name, spec),
-                FieldKind::Text => bytes(&f.name),
+                FieldKind::Text => bytes(&f.name, "str"),
             })
             .collect(),
-        ValueKind::Json | ValueKind::Text | ValueKind::Bytes => vec![bytes(unnamed)],
+        ValueKind::Text => vec![bytes(unnamed, "str")],
+        // An input of raw bytes; an output of JSON text.
+        ValueKind::Bytes if unnamed == UNNAMED[0] => vec![bytes(unnamed, "bytes")],
+        ValueKind::Json | ValueKind::Bytes => vec![bytes(unnamed, "json")],
     }
 }
 

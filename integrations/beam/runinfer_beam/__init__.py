@@ -40,9 +40,13 @@ class RuninferModelHandler(ModelHandler[Any, PredictionResult, RuninferServer]):
       min_batch_size, max_batch_size, max_batch_duration_secs: override the plugin's
         batching (its handler's declaration, then `plugin.toml`).
 
-    Examples are what the plugin takes: numbers or arrays (numpy or lists) for tensor
-    handlers, strings, bytes or JSON-able values for text, bytes and JSON handlers. Each
-    `PredictionResult` carries the id of the model file that made it.
+    Examples are what the plugin's signature takes (`runinfer inspect`): numbers or
+    arrays (numpy or lists) for a tensor, a mapping of input name to array for named
+    inputs (like Beam's keyed-tensor handlers: `{"input_ids": ..., "attention_mask":
+    ...}`), strings, bytes or JSON-able values for text, bytes and JSON handlers.
+    Inferences are what its outputs declare: a dict of arrays (and strings) for named
+    outputs, an array, or the handler's JSON. Each `PredictionResult` carries the id of
+    the model file that made it.
     """
 
     def __init__(
@@ -132,8 +136,7 @@ class RuninferModelHandler(ModelHandler[Any, PredictionResult, RuninferServer]):
         inference_args: Optional[Dict[str, Any]] = None,
     ) -> Iterable[PredictionResult]:
         self.validate_inference_args(inference_args)
-        datatype = self._datatype(model)
-        inferences, model_id = model.infer(self._plugin, datatype, batch, timeout_us=int(self._timeout_s * 1e6))
+        inferences, model_id = model.infer(self._plugin, batch, timeout_us=int(self._timeout_s * 1e6))
         return [PredictionResult(example, inference, model_id) for example, inference in zip(batch, inferences)]
 
     def validate_inference_args(self, inference_args: Optional[Dict[str, Any]]) -> None:
@@ -145,16 +148,12 @@ class RuninferModelHandler(ModelHandler[Any, PredictionResult, RuninferServer]):
                 "runinfer's handler args go in the plugin's plugin.toml [args]"
             )
 
-    def _datatype(self, model: RuninferServer) -> str:
-        datatype = getattr(self, "_input_datatype", None)
-        if datatype is None:
-            datatype = model.model_metadata(self._plugin)["inputs"][0]["datatype"]
-            self._input_datatype = datatype
-        return datatype
-
     def get_num_bytes(self, batch: Sequence[Any]) -> int:
         total = 0
         for example in batch:
+            if isinstance(example, Mapping):
+                total += self.get_num_bytes(list(example.values()))
+                continue
             nbytes = getattr(example, "nbytes", None)
             if nbytes is not None:
                 total += int(nbytes)

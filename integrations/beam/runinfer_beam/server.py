@@ -159,23 +159,59 @@ class RuninferServer:
     def model_metadata(self, model: str) -> Dict[str, Any]:
         return self.get_json(f"/v2/models/{model}")
 
-    def infer(self, model: str, datatype: str, rows: Sequence[Any], timeout_us: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
-        """Sends rows as one request (binary tensor data extension) and returns one
-        inference per row and the id of the model that made them."""
-        header, data = _encode_input(datatype, rows)
+    def infer(self, model: str, rows: Sequence[Any], timeout_us: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
+        """Sends rows (binary tensor data extension) as the model's metadata declares
+        them and returns one inference per row and the id of the model that made them.
+        A model of named inputs takes each row as a mapping of name to array; rows whose
+        arrays differ in shape (ragged sequences) go in one request per shape, since a
+        tensor input has one shape for all its rows, and come back in row order."""
+        meta = self.model_metadata(model)
+        groups: Dict[Tuple, List[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(_shapes(meta["inputs"], row), []).append(i)
+        inferences: List[Any] = [None] * len(rows)
+        model_id = None
+        for indices in groups.values():
+            got, model_id = self._infer_rows(model, meta, [rows[i] for i in indices], timeout_us)
+            for i, inference in zip(indices, got):
+                inferences[i] = inference
+        return inferences, model_id
+
+    def _infer_rows(self, model: str, meta: Dict[str, Any], rows: Sequence[Any], timeout_us: Optional[int]) -> Tuple[List[Any], Optional[str]]:
+        headers, data = [], bytearray()
+        for declared in meta["inputs"]:
+            named = len(meta["inputs"]) > 1
+            column = [_field(row, declared["name"]) if named else row for row in rows]
+            header, raw = _encode_input(declared["name"], declared["datatype"], column)
+            headers.append(header)
+            data += raw
         parameters: Dict[str, Any] = {"binary_data_output": True}
         if timeout_us is not None:
             parameters["timeout"] = timeout_us
-        request = json.dumps({"inputs": [header], "parameters": parameters}).encode()
-        status, headers, body = self.call(
+        request = json.dumps({"inputs": headers, "parameters": parameters}).encode()
+        status, response_headers, body = self.call(
             "POST",
             f"/v2/models/{model}/infer",
-            request + data,
+            request + bytes(data),
             {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(request))},
         )
         if status != 200:
             raise RuninferError(f"runinfer model '{model}': {status} {_error(body)}")
-        return _decode_response(headers, body, len(rows))
+        return _decode_response(response_headers, body, len(rows), meta["outputs"])
+
+
+def _field(row: Any, name: str) -> Any:
+    try:
+        return row[name]
+    except (KeyError, TypeError, IndexError):
+        raise RuninferError(f"this model takes named inputs: each example must map {name!r} to its value, got {type(row).__name__}") from None
+
+
+def _shapes(inputs: Sequence[Dict[str, Any]], row: Any) -> Tuple:
+    """The shapes of a row's tensors: rows of equal shapes go in one request."""
+    if len(inputs) > 1:
+        return tuple(np.shape(_field(row, i["name"])) if i["datatype"] != "BYTES" else () for i in inputs)
+    return (np.shape(row),) if inputs[0]["datatype"] != "BYTES" else ()
 
 
 def _forward_log(stream) -> None:
@@ -190,7 +226,7 @@ def _error(body: bytes) -> str:
         return body[:500].decode(errors="replace")
 
 
-def _encode_input(datatype: str, rows: Sequence[Any]) -> Tuple[Dict[str, Any], bytes]:
+def _encode_input(name: str, datatype: str, rows: Sequence[Any]) -> Tuple[Dict[str, Any], bytes]:
     if datatype == "BYTES":
         data = bytearray()
         for row in rows:
@@ -202,10 +238,10 @@ def _encode_input(datatype: str, rows: Sequence[Any]) -> Tuple[Dict[str, Any], b
                 # A JSON handler's example: any JSON value.
                 element = json.dumps(row, default=_json_default).encode()
             data += struct.pack("<I", len(element)) + element
-        return {"name": "input", "datatype": "BYTES", "shape": [len(rows)], "parameters": {"binary_data_size": len(data)}}, bytes(data)
+        return {"name": name, "datatype": "BYTES", "shape": [len(rows)], "parameters": {"binary_data_size": len(data)}}, bytes(data)
     array = np.ascontiguousarray(np.stack([np.asarray(r) for r in rows]), dtype=DATATYPES[datatype])
     data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-    return {"name": "input", "datatype": datatype, "shape": list(array.shape), "parameters": {"binary_data_size": len(data)}}, data
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "parameters": {"binary_data_size": len(data)}}, data
 
 
 def _json_default(value):
@@ -216,7 +252,7 @@ def _json_default(value):
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 
-def _decode_response(headers: Dict[str, str], body: bytes, rows: int) -> Tuple[List[Any], Optional[str]]:
+def _decode_response(headers: Dict[str, str], body: bytes, rows: int, declared: Sequence[Dict[str, Any]]) -> Tuple[List[Any], Optional[str]]:
     lowered = {k.lower(): v for k, v in headers.items()}
     length = int(lowered.get("inference-header-content-length", len(body)))
     response = json.loads(body[:length])
@@ -243,20 +279,18 @@ def _decode_response(headers: Dict[str, str], body: bytes, rows: int) -> Tuple[L
         columns[output["name"]] = values
     if any(len(v) != rows for v in columns.values()):
         raise RuninferError(f"the server answered {[len(v) for v in columns.values()]} rows for {rows}")
+    # The metadata says what a BYTES output holds: JSON text is parsed, strings stay.
+    content = {o["name"]: o.get("parameters", {}).get("content_type") for o in declared}
     inferences = []
     for i in range(rows):
-        if list(columns) == ["output"]:
-            inferences.append(_inference(columns["output"][i]))
+        if list(columns) == ["output"] and len(declared) == 1:
+            inferences.append(_inference(columns["output"][i], content["output"]))
         else:
-            inferences.append({name: _inference(values[i]) for name, values in columns.items()})
+            inferences.append({name: _inference(values[i], content.get(name)) for name, values in columns.items()})
     return inferences, response.get("parameters", {}).get("model_id")
 
 
-def _inference(value: Any) -> Any:
-    """A BYTES element is the handler's JSON (or text) inference; tensors stay arrays."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
+def _inference(value: Any, content_type: Optional[str]) -> Any:
+    if content_type == "json":
+        return json.loads(value)
     return value
