@@ -38,10 +38,11 @@ DATA = ROOT / "target" / "bench" / "data"
 # PP-OCR's export leaves height and width open, which tract plans best when fixed.
 INPUT_SHAPES = {"ppocr-cls": "x = [-1, 3, 48, 192]"}
 MODELS = {
-    # name: (model file, numpy dtype of an example, onnx-tensor dtype arg)
-    "iris": (ROOT / "plugins" / "iris" / "models" / "iris.onnx", np.float32, "f32"),
-    "ppocr-cls": (ROOT / "target" / "models" / "ppocr_cls.onnx", np.float32, "f32"),
-    "minilm": (ROOT / "target" / "models" / "minilm.onnx", np.int64, "i64"),
+    # name: (model file, numpy dtype of an example); onnx-tensor takes its signature
+    # from the model.
+    "iris": (ROOT / "plugins" / "iris" / "models" / "iris.onnx", np.float32),
+    "ppocr-cls": (ROOT / "target" / "models" / "ppocr_cls.onnx", np.float32),
+    "minilm": (ROOT / "target" / "models" / "minilm.onnx", np.int64),
 }
 BATCH = 32
 
@@ -52,7 +53,7 @@ def plugin_root(work, models, copies=1):
     root = Path(work) / f"plugins-{'-'.join(models)}-{copies}"
     shutil.rmtree(root, ignore_errors=True)
     for name in models:
-        path, _, dtype = MODELS[name]
+        path, _ = MODELS[name]
         for copy in range(copies):
             plugin = f"{name}-{copy}" if copies > 1 else name
             d = root / plugin
@@ -65,7 +66,6 @@ def plugin_root(work, models, copies=1):
             (d / "plugin.toml").write_text(
                 f'name = "{plugin}"\ncomponent = "onnx-tensor.wasm"\n[models]\n'
                 f'model = {{ path = "model.onnx", input_shapes = {{ {INPUT_SHAPES.get(name, "")} }} }}\n'
-                f'[args]\ndtype = "{dtype}"\n'
             )
     return root
 
@@ -79,7 +79,7 @@ def beam_pipeline(name, data, out_dir):
     """
     from apache_beam.ml.inference.base import KeyedModelHandler
 
-    path, dtype, _ = MODELS[name]
+    path, dtype = MODELS[name]
     names = []
 
     def all_outputs(session, batch, inference_args=None):

@@ -2,7 +2,8 @@
 # Runs the benchmarks of bench/RESULTS.md and writes it: P1 (wasm handler vs a native
 # loop on the same engine, tract and onnxruntime), P2 (the same job in Apache Beam
 # and in runinfer), P3 (cold start, instance start), P6 (peak memory), and the serving
-# figures of bench/serve.sh (wrk against `runinfer serve`). Sets up what
+# figures of bench/serve.sh (wrk against `runinfer serve`), and the cost of checking
+# inferences against a handler's declared outputs. Sets up what
 # it needs: a release build, onnxruntime's library (scripts/install-onnxruntime.sh),
 # the PP-OCR and MiniLM models (scripts/fetch-models.sh), apache-beam in target/py-beam.
 #   usage: bench/run.sh [--reps N]      (default 3; each figure is a median of N runs)
@@ -42,6 +43,8 @@ mkdir -p "$(dirname "$out")"
   echo "## P1 and instance start"
   echo
   target/release/runinfer-bench --suite engines --reps "$reps"
+  echo
+  target/release/runinfer-bench --suite signature --reps "$reps"
   echo
   echo "## P2, P3, P6"
   echo

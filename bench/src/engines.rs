@@ -60,7 +60,7 @@ pub fn models(root: &Path) -> Vec<BenchModel> {
         BenchModel {
             name: "minilm",
             handler: "onnx-tensor",
-            manifest_extra: "[args]\ndtype = \"i64\"\n",
+            manifest_extra: "",
             input_shapes: &[],
             file: fetched.join("minilm.onnx"),
             lines: (128, 256),

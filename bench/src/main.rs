@@ -50,7 +50,7 @@ fn parse_args() -> Result<Args> {
             "--lines" => args.lines = value.parse()?,
             "--suite" => args.suite = value,
             other => anyhow::bail!(
-                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|engines|all)"
+                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|engines|signature|all)"
             ),
         }
     }
@@ -579,8 +579,133 @@ fn sandbox(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// What checking one inference against the declared outputs costs, next to what the
+/// whole per-example path of `run` costs in the same process (iris, batch 32).
+fn signature_check(args: &Args) -> Result<()> {
+    use runinfer::contract::{FieldKind, FieldSpec, TensorSpec, ValueKind};
+    use runinfer::tensor::{DType, Tensor};
+    use runinfer::value::{Field, Value as Inference};
+    let f32_tensor = |shape: &[usize]| {
+        let n: usize = shape.iter().product();
+        Tensor::from_f32(shape.to_vec(), &vec![0.5; n])
+    };
+    let spec = |name: &str, shape: &[Option<u64>]| FieldSpec {
+        name: name.into(),
+        kind: FieldKind::Tensor(TensorSpec {
+            dtype: DType::F32,
+            shape: Some(shape.to_vec()),
+        }),
+    };
+    let cases: Vec<(&str, ValueKind, Inference)> = vec![
+        (
+            "one tensor, f32 [3]",
+            ValueKind::Tensor(TensorSpec {
+                dtype: DType::F32,
+                shape: Some(vec![Some(3)]),
+            }),
+            Inference::Tensor(f32_tensor(&[3])?),
+        ),
+        (
+            "iris: label text, probabilities f32 [3]",
+            ValueKind::Fields {
+                fields: vec![
+                    FieldSpec {
+                        name: "label".into(),
+                        kind: FieldKind::Text,
+                    },
+                    spec("probabilities", &[Some(3)]),
+                ],
+            },
+            Inference::Fields(vec![
+                ("label".into(), Field::Text("setosa".into())),
+                ("probabilities".into(), Field::Tensor(f32_tensor(&[3])?)),
+            ]),
+        ),
+        (
+            "MiniLM: last_hidden_state f32 [?, 384], sentence_embedding f32 [384]",
+            ValueKind::Fields {
+                fields: vec![
+                    spec("last_hidden_state", &[None, Some(384)]),
+                    spec("sentence_embedding", &[Some(384)]),
+                ],
+            },
+            Inference::Fields(vec![
+                (
+                    "last_hidden_state".into(),
+                    Field::Tensor(f32_tensor(&[16, 384])?),
+                ),
+                (
+                    "sentence_embedding".into(),
+                    Field::Tensor(f32_tensor(&[384])?),
+                ),
+            ]),
+        ),
+    ];
+    const CHECKS: u32 = 1_000_000;
+    let check_ns = |kind: &ValueKind, value: &Inference| -> Result<f64> {
+        let mut runs = Vec::new();
+        for _ in 0..args.reps {
+            let start = Instant::now();
+            for _ in 0..CHECKS {
+                std::hint::black_box(kind.check(std::hint::black_box(value)))
+                    .map_err(anyhow::Error::msg)?;
+            }
+            runs.push(start.elapsed().as_nanos() as f64 / f64::from(CHECKS));
+        }
+        Ok(median(runs))
+    };
+
+    // The whole per-example path, for scale: `run` on iris in process, batch 32.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let cache = tempfile::tempdir()?;
+    let plugin = Arc::new(host(cache.path())?.load_plugin(&root.join("plugins/iris"))?);
+    let lines = 60_000;
+    let input = input(&root, lines)?;
+    let mut per_example = Vec::new();
+    for _ in 0..args.reps {
+        let options = RunOptions {
+            batching: BatchingConfig {
+                max_batch_size: Some(32),
+                min_batch_size: Some(32),
+                max_batch_duration_ms: Some(600_000),
+            },
+            instances: Some(1),
+            ..Default::default()
+        };
+        let (mut out, mut dead) = (Vec::new(), Vec::new());
+        let start = Instant::now();
+        let summary = run_jsonl(
+            &plugin,
+            std::io::Cursor::new(input.clone()),
+            &mut out,
+            &mut dead,
+            &options,
+        )?;
+        anyhow::ensure!(summary.predictions == lines as u64, "{summary:?}");
+        per_example.push(start.elapsed().as_nanos() as f64 / lines as f64);
+    }
+    let run_ns = median(per_example);
+    println!("### Checking inferences against the declared outputs");
+    println!();
+    println!(
+        "`ValueKind::check` on one inference, {CHECKS} times in a loop, median of {} runs; the share is of the whole per-example time of `run` on iris (JSONL in, batch 32, 1 instance, JSONL out: {run_ns:.0} ns per example in the same run). The check reads names, dtypes and shapes, never the data, so its cost does not grow with tensor size.",
+        args.reps
+    );
+    println!();
+    println!("| declared outputs | ns per inference | share of `run` per example |");
+    println!("|---|---:|---:|");
+    for (name, kind, value) in &cases {
+        let ns = check_ns(kind, value)?;
+        println!("| {name} | {ns:.0} | {:.1}% |", ns / run_ns * 100.0);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
+    if args.suite == "signature" {
+        return signature_check(&args);
+    }
     if args.suite == "sandbox" {
         return sandbox(&args);
     }

@@ -210,6 +210,18 @@ fn broken_plugins_are_reported_with_the_reason() {
         "plugin `x`: init failed: invalid_input: args.min_word_len: expected an integer, got `many`"
     );
 
+    // An argument the handler does not know is refused, not ignored (`dtype` was
+    // onnx-tensor's before its signature came from the model).
+    let outdated = scratch_plugin(
+        "onnx-tensor",
+        "name = \"y\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/tiny_mlp.onnx\"\n[args]\ndtype = \"f32\"\n",
+    );
+    let err = host.load_plugin(outdated.path()).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "plugin `y`: init failed: invalid_input: unknown arg `dtype` (onnx-tensor takes `model` and `outputs`); the input dtypes come from the model since contract 0.2"
+    );
+
     // The host still serves the good plugins.
     let out = run(
         &bundled(&host, "iris"),

@@ -333,3 +333,50 @@ fn plugins_appear_disappear_and_fail_without_a_restart() {
     });
     assert_eq!(answered, 200);
 }
+
+#[test]
+fn a_refreshed_model_that_changes_the_signature_is_refused() {
+    // onnx-tensor states its signature from the model: a newer file of another shape
+    // (the iris classifier) would change what the plugin decodes, so the refresh is
+    // refused and the old model keeps serving.
+    let dir = scratch_plugin(
+        "onnx-tensor",
+        "name = \"mlp\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/mlp-*.onnx\"\n",
+    );
+    let v1 = std::fs::read(plugins_dir().join("onnx-tensor/models/tiny_mlp.onnx")).unwrap();
+    publish(&v1, &dir.path().join("models/mlp-1.onnx"), Duration::ZERO);
+    let host = host();
+    let plugin = load(&host, dir.path());
+    let iris = std::fs::read(plugins_dir().join("iris/models/iris.onnx")).unwrap();
+    publish(
+        &iris,
+        &dir.path().join("models/mlp-2.onnx"),
+        Duration::from_secs(1),
+    );
+    let err = plugin.refresh_models().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "plugin `mlp`: signature failed: signature: with this model set the handler declares \
+         inputs tensor(f32 [4]) and outputs fields(label: i64 [], probabilities: f32 [3]), but \
+         the plugin serves inputs tensor(f32 [2, 3]) and outputs fields(logits: f32 [3], \
+         hidden: f32 [5]); a refreshed or per-key model must keep the signature"
+    );
+    let golden = read_jsonl("tests/golden/tiny_mlp.jsonl");
+    let out = run(
+        &plugin,
+        format!("{}\n", golden[0]["example"]).as_bytes(),
+        &RunOptions::default(),
+    );
+    assert!(
+        out.predictions[0]["model_id"]
+            .as_str()
+            .unwrap()
+            .contains("mlp-1.onnx")
+    );
+    assert_all_close(
+        &out.predictions[0]["inference"]["logits"],
+        &golden[0]["logits"],
+        1e-5,
+        "v1",
+    );
+}

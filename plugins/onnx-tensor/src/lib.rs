@@ -47,6 +47,17 @@ fn value_kind(parts: &[(String, TensorSpec)]) -> ValueKind {
 
 impl ModelHandler for OnnxTensor {
     fn configure(&mut self, args: &Args) -> Result<(), Error> {
+        // A misspelt or outdated argument would otherwise be ignored without a word.
+        if let Some((name, _)) = args.iter().find(|(k, _)| k != "model" && k != "outputs") {
+            let why = if name == "dtype" {
+                "; the input dtypes come from the model since contract 0.2"
+            } else {
+                ""
+            };
+            return Err(Error::invalid_input(format!(
+                "unknown arg `{name}` (onnx-tensor takes `model` and `outputs`){why}"
+            )));
+        }
         self.model_name = arg(args, "model").unwrap_or("model").to_string();
         self.wanted_outputs = arg(args, "outputs")
             .map(|list| list.split(',').map(|o| o.trim().to_string()).collect());
