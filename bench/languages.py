@@ -13,7 +13,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BINARY = ROOT / "target" / "release" / "runinfer"
-PLUGINS = {"Rust": "iris", "Python": "iris-py", "JavaScript": "iris-js", "C": "iris-c"}
+PLUGINS = {
+    "Rust": "iris",
+    "Python": "iris-py",
+    "JavaScript": "iris-js",
+    "C": "iris-c",
+    "Go": "iris-go",
+    "Zig": "iris-zig",
+}
 
 
 def run(plugin, input_path, cache, extra=()):

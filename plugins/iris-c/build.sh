@@ -2,13 +2,12 @@
 # Builds iris-c.wasm: wit-bindgen's C bindings (crate wit-bindgen-cli) + clang/lld/
 # wasi-libc from Debian -> a wasm32-wasi core module -> `wasm-tools component new`
 # (crate wasm-tools) with wasmtime's WASI preview1 adapter. Installs what is missing:
-# the Debian packages with apt-get, the tools with `cargo install` into target/tools.
+# the Debian packages with apt-get, the tools with scripts/component-tools.sh.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-tools="$root/target/tools"
 out="$root/target/iris-c"
-mkdir -p "$tools" "$out"
+mkdir -p "$out"
 
 llvm=16
 # Debian puts wasi-libc where its clang finds it for --target=wasm32-wasi.
@@ -22,14 +21,8 @@ if ! command -v clang-$llvm >/dev/null || ! command -v wasm-ld-$llvm >/dev/null 
   $sudo apt-get install -y --no-install-recommends \
     clang-$llvm lld-$llvm wasi-libc libclang-rt-$llvm-dev-wasm32 >&2
 fi
-# Same versions as the host's wasmtime 48 / wasmparser 0.254 and the Rust SDK's wit-bindgen.
-[ -x "$tools/bin/wit-bindgen" ] || cargo install --locked --root "$tools" wit-bindgen-cli@0.63.0 >&2
-[ -x "$tools/bin/wasm-tools" ] || cargo install --locked --root "$tools" --no-default-features --features component wasm-tools@1.254.2 >&2
+tools=$("$root/scripts/component-tools.sh")
 adapter="$tools/wasi_snapshot_preview1.reactor.wasm"
-if [ ! -f "$adapter" ]; then
-  cargo run --quiet --release --locked --manifest-path "$here/tools/Cargo.toml" \
-    --target-dir "$tools/build" -- "$adapter" >&2
-fi
 
 "$tools/bin/wit-bindgen" c "$root/wit" --world handler --out-dir "$out/bindings" >&2
 clang-$llvm --target=wasm32-wasi -O2 -mexec-model=reactor \

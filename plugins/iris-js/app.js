@@ -5,6 +5,7 @@
 import { Tensor } from "runinfer:handler/types@0.2.0";
 import { Model } from "runinfer:handler/inference@0.2.0";
 
+const dispose = Symbol.dispose ?? Symbol.for("dispose");
 const DEFAULT_LABELS = ["setosa", "versicolor", "virginica"];
 let labels = DEFAULT_LABELS;
 let model = null;
@@ -49,27 +50,41 @@ export const handlerApi = {
 
   runInference(batch, _args) {
     if (model === null) throw fail("internal", "load_model was not called");
-    const tensors = batch.map((example) => {
-      if (example.tag !== "tensor") throw fail("invalid-input", "iris takes tensor examples");
-      return example.val;
-    });
-    const outputs = new Map(model.run([["input", Tensor.stack(tensors)]]));
-    const predicted = outputs.get("label").toI64();
-    // Split in the host: the probabilities never enter guest memory.
-    const probabilities = outputs.get("probabilities").unstack();
-    if (predicted.length !== batch.length || probabilities.length !== batch.length) {
-      throw fail("model", `expected ${batch.length} labels and ${batch.length} rows of probabilities`);
-    }
-    return Array.from(predicted, (label, row) => {
-      const index = Number(label);
-      if (!(index >= 0 && index < labels.length)) throw fail("model", `label index ${label} out of range`);
-      return {
+    // Host resources are not garbage collected: every tensor owned here is dropped
+    // (Symbol.dispose) unless it is returned, or the host keeps counting it against
+    // the instance's tensor limit.
+    const owned = [];
+    try {
+      const tensors = batch.map((example) => {
+        if (example.tag !== "tensor") throw fail("invalid-input", "iris takes tensor examples");
+        owned.push(example.val);
+        return example.val;
+      });
+      const features = Tensor.stack(tensors);
+      owned.push(features);
+      const outputs = new Map(model.run([["input", features]]));
+      owned.push(...outputs.values());
+      const predicted = outputs.get("label").toI64();
+      // Split in the host: the probabilities never enter guest memory.
+      const probabilities = outputs.get("probabilities").unstack();
+      if (predicted.length !== batch.length || probabilities.length !== batch.length) {
+        owned.push(...probabilities);
+        throw fail("model", `expected ${batch.length} labels and ${batch.length} rows of probabilities`);
+      }
+      if (!predicted.every((label) => label >= 0n && label < BigInt(labels.length))) {
+        owned.push(...probabilities);
+        throw fail("model", "label index out of range");
+      }
+      // Each row of probabilities moves into its inference.
+      return Array.from(predicted, (label, row) => ({
         tag: "fields",
         val: [
-          ["label", { tag: "text", val: labels[index] }],
+          ["label", { tag: "text", val: labels[Number(label)] }],
           ["probabilities", { tag: "tensor", val: probabilities[row] }],
         ],
-      };
-    });
+      }));
+    } finally {
+      for (const tensor of owned) tensor[dispose]();
+    }
   },
 };
