@@ -103,24 +103,24 @@ impl CommonArgs {
                 .or_else(CompileCache::default_dir)
                 .map(CompileCache::new)
         };
-        Host::new(HostConfig {
-            compile_cache,
-            max_key_model_sets: self.max_key_model_sets.max(1),
-            max_wasm_stack: self.max_wasm_stack_kb.max(64) * 1024,
-            pooling: self.pooling.map(|instances| PoolingLimits {
-                instances: instances.max(1),
-                ..PoolingLimits::default()
-            }),
-            default_backend: self.backend,
-            onnxruntime: OnnxruntimeConfig {
-                library: self.onnxruntime_lib.clone(),
-                threads: self.onnxruntime_threads,
-                max_sessions: self
-                    .onnxruntime_sessions
-                    .unwrap_or(OnnxruntimeConfig::default().max_sessions),
-            },
-            ..HostConfig::default()
-        })
+        let mut onnxruntime = OnnxruntimeConfig::default();
+        onnxruntime.library = self.onnxruntime_lib.clone();
+        onnxruntime.threads = self.onnxruntime_threads;
+        if let Some(sessions) = self.onnxruntime_sessions {
+            onnxruntime.max_sessions = sessions;
+        }
+        let mut config = HostConfig::default();
+        config.compile_cache = compile_cache;
+        config.max_key_model_sets = self.max_key_model_sets.max(1);
+        config.max_wasm_stack = self.max_wasm_stack_kb.max(64) * 1024;
+        config.pooling = self.pooling.map(|instances| {
+            let mut pooling = PoolingLimits::default();
+            pooling.instances = instances.max(1);
+            pooling
+        });
+        config.default_backend = self.backend;
+        config.onnxruntime = onnxruntime;
+        Host::new(config)
     }
 }
 

@@ -89,18 +89,17 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     let host = args.common.host()?;
     let root = args.common.plugin_root();
     let (input, mut predictions, mut dead_letters) = open_run_files(&args)?;
-    let options = RunOptions {
-        batching: BatchingConfig {
-            max_batch_size: args.max_batch_size,
-            min_batch_size: args.min_batch_size,
-            max_batch_duration_ms: args.max_batch_duration_ms,
-        },
-        adaptive_batch_latency: args.adaptive_batch_latency_ms.map(Duration::from_millis),
-        instances: args.instances,
-        inference_args: args.args.clone(),
-        max_failure_ratio: args.max_failure_ratio,
-        progress: !args.quiet && std::io::stderr().is_terminal(),
+    let mut options = RunOptions::default();
+    options.batching = BatchingConfig {
+        max_batch_size: args.max_batch_size,
+        min_batch_size: args.min_batch_size,
+        max_batch_duration_ms: args.max_batch_duration_ms,
     };
+    options.adaptive_batch_latency = args.adaptive_batch_latency_ms.map(Duration::from_millis);
+    options.instances = args.instances;
+    options.inference_args = args.args.clone();
+    options.max_failure_ratio = args.max_failure_ratio;
+    options.progress = !args.quiet && std::io::stderr().is_terminal();
     // Guest code runs on worker threads; the runtime only moves data between them.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

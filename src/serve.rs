@@ -50,13 +50,11 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     ])?;
     let host = args.common.host()?;
     let root = args.common.plugin_root();
-    let options = RunOptions {
-        batching: BatchingConfig {
-            max_batch_size: args.max_batch_size,
-            max_batch_duration_ms: args.max_batch_duration_ms,
-            ..BatchingConfig::default()
-        },
-        ..RunOptions::default()
+    let mut options = RunOptions::default();
+    options.batching = BatchingConfig {
+        max_batch_size: args.max_batch_size,
+        max_batch_duration_ms: args.max_batch_duration_ms,
+        ..BatchingConfig::default()
     };
     let plugins = PluginRoot::open(host.clone(), &root, move |p| dispatch_options(p, &options));
     let _watch = if args.no_watch {
@@ -84,9 +82,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             root.display(),
             listener.local_addr()?
         );
-        let config = ServeConfig {
-            request_timeout: Duration::from_millis(args.request_timeout_ms),
-        };
+        let mut config = ServeConfig::default();
+        config.request_timeout = Duration::from_millis(args.request_timeout_ms);
         let router = runinfer::serve::router(plugins.clone(), host.clone(), config);
         let stdin_closed = stdin_eof(args.exit_on_stdin_eof);
         let shutdown = async move {

@@ -247,9 +247,10 @@ pub fn engines(args: &Args) -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let cache = tempfile::tempdir()?;
     let plugins = tempfile::tempdir()?;
-    let host = Host::new(HostConfig {
-        compile_cache: Some(runinfer::compile::CompileCache::new(cache.path())),
-        ..HostConfig::default()
+    let host = Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = Some(runinfer::compile::CompileCache::new(cache.path()));
+        value
     })?;
     println!("### P1: overhead against the limit\n");
     println!(
@@ -282,15 +283,16 @@ pub fn engines(args: &Args) -> Result<()> {
                 .load(&dir.join("model.onnx"), backend, &shapes)?;
             for (batch, lines) in [(1usize, model.lines.0), (32, model.lines.1)] {
                 let text: String = data.lines().take(lines).map(|l| format!("{l}\n")).collect();
-                let options = RunOptions {
-                    batching: BatchingConfig {
+                let options = {
+                    let mut value = RunOptions::default();
+                    value.batching = BatchingConfig {
                         max_batch_size: Some(batch as u32),
-                        // Full batches only, as the native loop makes them.
+
                         max_batch_duration_ms: Some(600_000),
                         min_batch_size: None,
-                    },
-                    instances: Some(1),
-                    ..Default::default()
+                    };
+                    value.instances = Some(1);
+                    value
                 };
                 let batches = text
                     .lines()

@@ -58,9 +58,10 @@ fn parse_args() -> Result<Args> {
 }
 
 fn host(cache: &Path) -> Result<Host> {
-    Host::new(HostConfig {
-        compile_cache: Some(CompileCache::new(cache)),
-        ..HostConfig::default()
+    Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = Some(CompileCache::new(cache));
+        value
     })
 }
 
@@ -233,14 +234,15 @@ fn foundation(args: &Args) -> Result<()> {
         // The same job as the native loop: one instance (the loop is one thread) and
         // exact chunks of `batch` lines (batches flush on size or at the end of the
         // input only, never on the handler's wait).
-        let options = RunOptions {
-            batching: BatchingConfig {
+        let options = {
+            let mut value = RunOptions::default();
+            value.batching = BatchingConfig {
                 max_batch_size: Some(batch),
                 min_batch_size: Some(batch),
                 max_batch_duration_ms: Some(600_000),
-            },
-            instances: Some(1),
-            ..Default::default()
+            };
+            value.instances = Some(1);
+            value
         };
         let (mut wasm, mut direct) = (vec![], vec![]);
         for _ in 0..args.reps {
@@ -306,8 +308,8 @@ fn foundation(args: &Args) -> Result<()> {
 /// Throughput of `run` (closed loop: the whole file as fast as it goes) and latency
 /// of examples offered at a fixed rate (open loop), against batch size and max wait.
 fn runtime(args: &Args) -> Result<()> {
-    use runinfer::batch::BatchPolicy;
     use runinfer::decode::decode_example;
+    use runinfer::dispatch::BatchPolicy;
     use runinfer::dispatch::{DispatchOptions, Dispatcher};
 
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -344,14 +346,15 @@ fn runtime(args: &Args) -> Result<()> {
             .collect::<Result<_, _>>()?;
         for max_batch in [1u32, 8, 32, 128] {
             for wait_ms in [1u32, 10] {
-                let options = RunOptions {
-                    batching: BatchingConfig {
+                let options = {
+                    let mut value = RunOptions::default();
+                    value.batching = BatchingConfig {
                         max_batch_size: Some(max_batch),
                         max_batch_duration_ms: Some(wait_ms),
                         min_batch_size: Some(1),
-                    },
-                    instances: Some(instances),
-                    ..Default::default()
+                    };
+                    value.instances = Some(instances);
+                    value
                 };
                 let mut rates = Vec::new();
                 for _ in 0..args.reps {
@@ -376,12 +379,7 @@ fn runtime(args: &Args) -> Result<()> {
                 let (latencies, batches) = runtime.block_on(async {
                     let dispatcher = Dispatcher::new(
                         plugin.clone(),
-                        DispatchOptions {
-                            policy,
-                            instances,
-                            queue_capacity: 100_000,
-                            inference_args: vec![],
-                        },
+                        DispatchOptions::new(policy, instances, 100_000),
                     )
                     .expect("worker threads start");
                     let count = rate as usize;
@@ -429,7 +427,7 @@ fn runtime(args: &Args) -> Result<()> {
 /// Latencies (µs, sorted) of iris examples offered at `rate` for `secs` through a
 /// dispatcher.
 fn open_loop(plugin: &std::sync::Arc<runinfer::Plugin>, rate: f64, secs: f64) -> Result<Vec<f64>> {
-    use runinfer::batch::BatchPolicy;
+    use runinfer::dispatch::BatchPolicy;
     use runinfer::dispatch::{DispatchOptions, Dispatcher};
     let example = runinfer::decode::decode_example(
         &serde_json::json!([6.3, 3.3, 6.0, 2.5]),
@@ -442,17 +440,16 @@ fn open_loop(plugin: &std::sync::Arc<runinfer::Plugin>, rate: f64, secs: f64) ->
     let mut latencies = runtime.block_on(async {
         let dispatcher = Dispatcher::new(
             plugin.clone(),
-            DispatchOptions {
-                policy: BatchPolicy {
+            DispatchOptions::new(
+                BatchPolicy {
                     min_batch_size: 1,
                     max_batch_size: 8,
                     max_batch_duration: Duration::from_millis(1),
                     adaptive_target: None,
                 },
-                instances: 1,
-                queue_capacity: 100_000,
-                inference_args: vec![],
-            },
+                1,
+                100_000,
+            ),
         )
         .expect("worker threads start");
         let count = (rate * secs) as usize;
@@ -502,10 +499,11 @@ fn sandbox(args: &Args) -> Result<()> {
         ("on demand", None),
         ("pooling", Some(PoolingLimits::default())),
     ] {
-        let host = Host::new(HostConfig {
-            compile_cache: Some(CompileCache::new(cache.path())),
-            pooling,
-            ..HostConfig::default()
+        let host = Host::new({
+            let mut value = HostConfig::default();
+            value.compile_cache = Some(CompileCache::new(cache.path()));
+            value.pooling = pooling;
+            value
         })?;
         let plugin = host.load_plugin(&root.join("plugins/iris"))?;
         let mut starts = Vec::new();
@@ -663,14 +661,15 @@ fn signature_check(args: &Args) -> Result<()> {
     let input = input(&root, lines)?;
     let mut per_example = Vec::new();
     for _ in 0..args.reps {
-        let options = RunOptions {
-            batching: BatchingConfig {
+        let options = {
+            let mut value = RunOptions::default();
+            value.batching = BatchingConfig {
                 max_batch_size: Some(32),
                 min_batch_size: Some(32),
                 max_batch_duration_ms: Some(600_000),
-            },
-            instances: Some(1),
-            ..Default::default()
+            };
+            value.instances = Some(1);
+            value
         };
         let (mut out, mut dead) = (Vec::new(), Vec::new());
         let start = Instant::now();

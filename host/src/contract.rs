@@ -22,6 +22,7 @@ pub const MAX_FIELD_NAME: usize = 128;
 /// Beam's handler description, as the handler's `init` returned it, with the
 /// signature of its last `load-model`.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct HandlerInfo {
     /// The handler's metrics namespace, if it names one.
     pub metrics_namespace: Option<String>,
@@ -47,6 +48,7 @@ pub struct Signature {
 /// What one example or one inference is.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum ValueKind {
     /// One tensor (a nested JSON array).
     Tensor(TensorSpec),
@@ -85,6 +87,7 @@ pub struct FieldSpec {
 /// What a named field holds.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[non_exhaustive]
 pub enum FieldKind {
     /// A tensor.
     Tensor(TensorSpec),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 /// What kind of failure an inference error is; recorded in dead letters and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// The example or an argument is malformed (also: an input line that cannot be
     /// decoded).
@@ -78,6 +79,7 @@ impl InferenceError {
 
 /// A plugin that cannot be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PluginError {
     /// `plugin.toml` is missing or invalid.
     #[error(transparent)]

@@ -16,6 +16,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 /// How to build a [`Host`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct HostConfig {
     /// Compile cache; `None` compiles every component at every start.
     pub compile_cache: Option<CompileCache>,
@@ -38,6 +39,7 @@ pub struct HostConfig {
 /// Sizes of the pooling allocator, set explicitly (the pool reserves address space
 /// for all of them up front).
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct PoolingLimits {
     /// Component instances alive at once, across all plugins.
     pub instances: u32,

@@ -2,10 +2,10 @@
 //! Beam's `RunInference` runs a `ModelHandler`.
 //!
 //! The data flow, one module a stage: [`decode`] an input line; the plugin's
-//! [`dispatch::Dispatcher`] routes it to a model set, [`batch`]es it and runs the batch
-//! on one of the [`plugin::Plugin`]'s warm [`instance`]s, whose handler calls the
+//! [`dispatch::Dispatcher`] routes it to a model set, batches it and runs the batch
+//! on one of the [`plugin::Plugin`]'s warm sandboxed instances, whose handler calls the
 //! [`model`] registry on host [`tensor`]s; [`run`] writes predictions and dead letters
-//! ([`sink`]) in input order; [`metrics`] records every stage. See the README's
+//! in input order; [`metrics`] records every stage. See the README's
 //! architecture section.
 //!
 //! Embedding the host: load a plugin directory and run JSONL through it (what
@@ -44,7 +44,10 @@
 // `pipeline` (decode, dispatch, batch, sink), whose batches run in the `sandbox` on a
 // `plugin`'s instances, which run models of the `model` registry on host `tensor`s.
 // Leaves below them: `manifest`, `contract`, `untrusted`, `error`, `value`.
-// Modules keep their paths at the crate root (`runinfer::decode`, ...).
+// The public API is the modules below and the re-exports after them; the stages'
+// internals (batch forming, the sink, the sandbox's instances and bindings) stay
+// private. Types that will grow (configs, options, error codes, value kinds) are
+// `#[non_exhaustive]`: build them from `Default` and set fields.
 mod frontends;
 mod pipeline;
 mod sandbox;
@@ -61,9 +64,8 @@ pub mod untrusted;
 pub mod value;
 
 pub use frontends::{run, serve, watch};
-pub use pipeline::{batch, decode, dispatch, sink};
+pub use pipeline::{decode, dispatch};
 pub use plugin::compile;
-pub use sandbox::instance;
 
 pub use error::{ErrorCode, InferenceError, PluginError};
 pub use host::{Host, HostConfig, PoolingLimits};

@@ -19,7 +19,7 @@ use crate::untrusted::{MAX_NAMESPACE_BYTES, Refused, check_metric_name};
 
 /// The label of every RunInference metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ModelLabel {
+pub(crate) struct ModelLabel {
     /// The id(s) of the model(s) bound for the batch (empty for a handler without
     /// models).
     pub model_id: String,
@@ -101,7 +101,7 @@ fn millis_histogram() -> Histogram {
 }
 
 /// Per-example latency histograms of one model set.
-pub struct ElementTimers {
+pub(crate) struct ElementTimers {
     queue_wait: Histogram,
     element_latency: Histogram,
 }
@@ -203,7 +203,7 @@ impl PluginMetrics {
     }
 
     /// A batch of `size` examples (`bytes` of decoded data) ran in `latency`.
-    pub fn batch_done(&self, model_id: &str, size: usize, bytes: usize, latency: Duration) {
+    pub(crate) fn batch_done(&self, model_id: &str, size: usize, bytes: usize, latency: Duration) {
         let l = Self::label(model_id);
         self.num_inferences.get_or_create(&l).inc_by(size as u64);
         self.batch_size.get_or_create(&l).observe(size as f64);
@@ -214,7 +214,7 @@ impl PluginMetrics {
     }
 
     /// A batch failed.
-    pub fn batch_failed(&self, model_id: &str) {
+    pub(crate) fn batch_failed(&self, model_id: &str) {
         self.failed_batches
             .get_or_create(&Self::label(model_id))
             .inc();
@@ -222,7 +222,7 @@ impl PluginMetrics {
 
     /// Where to record, for each example of a batch, how long it waited in the queue
     /// and how long until its result (looked up once per batch, not per example).
-    pub fn element_timers(&self, model_id: &str) -> ElementTimers {
+    pub(crate) fn element_timers(&self, model_id: &str) -> ElementTimers {
         let l = Self::label(model_id);
         ElementTimers {
             queue_wait: self.queue_wait.get_or_create(&l).clone(),
@@ -233,7 +233,7 @@ impl PluginMetrics {
     /// Models (and an instance using them) were loaded in `latency`. Every series of
     /// the model id is created here, counters at 0, so that rates and alerts see
     /// them before the first batch (or the first failure).
-    pub fn model_loaded(&self, model_id: &str, bytes: u64, latency: Duration) {
+    pub(crate) fn model_loaded(&self, model_id: &str, bytes: u64, latency: Duration) {
         let l = Self::label(model_id);
         let _ = self.num_inferences.get_or_create(&l);
         let _ = self.failed_batches.get_or_create(&l);
@@ -254,7 +254,7 @@ impl PluginMetrics {
     }
 
     /// Models were let go (evicted or replaced).
-    pub fn model_unloaded(&self, model_id: &str) {
+    pub(crate) fn model_unloaded(&self, model_id: &str) {
         self.model_loaded
             .get_or_create(&Self::label(model_id))
             .set(0);
@@ -370,7 +370,7 @@ impl Default for Metrics {
 }
 
 /// The Prometheus prefix for a namespace (`my-plugin` -> `my_plugin`).
-pub fn prefix(namespace: &str) -> String {
+pub(crate) fn prefix(namespace: &str) -> String {
     namespace.replace('-', "_")
 }
 
@@ -379,7 +379,7 @@ const MAX_METRIC_NAME: usize = 64;
 
 impl Metrics {
     /// An empty set of metrics.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
@@ -392,7 +392,11 @@ impl Metrics {
     /// The same owner may claim its namespace again (a new version, a model refresh);
     /// another owner, the host's `runinfer` prefix and names outside the metric
     /// alphabet are refused.
-    pub fn plugin(&self, namespace: &str, owner: &str) -> Result<Arc<PluginMetrics>, Refused> {
+    pub(crate) fn plugin(
+        &self,
+        namespace: &str,
+        owner: &str,
+    ) -> Result<Arc<PluginMetrics>, Refused> {
         let ns = prefix(namespace);
         check_metric_name("metrics namespace", &ns, MAX_NAMESPACE_BYTES)?;
         if ns == HOST_PREFIX || ns.starts_with(&format!("{HOST_PREFIX}_")) {
@@ -501,12 +505,12 @@ impl Metrics {
     }
 
     /// The counter of model file loads (shared with the model registry).
-    pub fn model_loads(&self) -> Counter {
+    pub(crate) fn model_loads(&self) -> Counter {
         self.model_loads.clone()
     }
 
     /// The counters of plugin load failures and model refresh failures.
-    pub fn watch_counters(&self) -> (Counter, Counter) {
+    pub(crate) fn watch_counters(&self) -> (Counter, Counter) {
         (
             self.plugin_load_failures.clone(),
             self.model_refresh_failures.clone(),
@@ -514,13 +518,13 @@ impl Metrics {
     }
 
     /// Counts an eviction of a per-key model set.
-    pub fn count_model_eviction(&self) {
+    pub(crate) fn count_model_eviction(&self) {
         self.model_evictions.inc();
     }
 
     /// Adds to a handler counter (refused if it would overflow: a counter never
     /// wraps).
-    pub fn counter_add(
+    pub(crate) fn counter_add(
         &self,
         namespace: &str,
         name: &str,
@@ -541,7 +545,7 @@ impl Metrics {
     }
 
     /// Sets a handler gauge (finite values only).
-    pub fn gauge_set(
+    pub(crate) fn gauge_set(
         &self,
         namespace: &str,
         name: &str,
@@ -557,7 +561,7 @@ impl Metrics {
     }
 
     /// Records one observation of a handler distribution (finite values only).
-    pub fn observe(
+    pub(crate) fn observe(
         &self,
         namespace: &str,
         name: &str,

@@ -85,6 +85,7 @@ pub struct GrantedModel {
 }
 
 /// The guest's handle on a granted model (the WIT `model` resource).
+#[doc(hidden)]
 pub struct ModelHandle {
     pub(crate) granted: Arc<GrantedModel>,
 }
@@ -210,6 +211,7 @@ pub use crate::manifest::BackendKind;
 
 /// How the onnxruntime backend finds its library and runs sessions.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct OnnxruntimeConfig {
     /// The shared library; `None` looks in the usual places (see the README).
     pub library: Option<PathBuf>,

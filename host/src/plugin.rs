@@ -45,6 +45,7 @@ pub struct Batching {
 
 /// How a plugin load went, for reports.
 #[derive(Clone, Debug, serde::Serialize)]
+#[non_exhaustive]
 pub struct LoadReport {
     /// Compiled or cached, and how long it took.
     pub compile: CompileReport,
@@ -83,7 +84,7 @@ impl ModelSet {
 }
 
 /// One `[[key_models]]` entry and its model set while loaded.
-pub struct KeyModelSet {
+pub(crate) struct KeyModelSet {
     models: BTreeMap<String, ModelEntry>,
     live: Mutex<Option<Arc<ModelSet>>>,
     metrics: Arc<PluginMetrics>,
@@ -219,7 +220,7 @@ impl Plugin {
     }
 
     /// The plugin's RunInference metrics.
-    pub fn metrics(&self) -> &Arc<PluginMetrics> {
+    pub(crate) fn metrics(&self) -> &Arc<PluginMetrics> {
         &self.metrics
     }
 

@@ -125,7 +125,7 @@ impl fmt::Debug for Tensor {
 }
 
 /// Number of elements of a shape, or `None` on overflow.
-pub fn volume(shape: &[usize]) -> Option<usize> {
+pub(crate) fn volume(shape: &[usize]) -> Option<usize> {
     shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
 }
 

@@ -41,15 +41,16 @@ fn iris_batch_size_does_not_change_results() {
     let input = jsonl(golden.iter().map(|g| g["example"].clone()));
     let mut by_size = Vec::new();
     for size in [1, 7, 150] {
-        let options = RunOptions {
-            // Batches flush on size or at the end of the input only, so their
-            // number does not depend on the machine's speed.
-            batching: runinfer::manifest::BatchingConfig {
+        // Batches flush on size or at the end of the input only, so their number
+        // does not depend on the machine's speed.
+        let options = {
+            let mut value = RunOptions::default();
+            value.batching = runinfer::manifest::BatchingConfig {
                 max_batch_size: Some(size),
                 max_batch_duration_ms: Some(600_000),
                 ..Default::default()
-            },
-            ..Default::default()
+            };
+            value
         };
         let out = run(&plugin, &input, &options);
         assert_eq!(out.summary.batches, 150u64.div_ceil(size as u64));

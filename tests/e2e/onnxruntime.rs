@@ -19,17 +19,20 @@ pub(crate) fn library() -> std::path::PathBuf {
 
 pub(crate) fn onnxruntime_host(default_backend: BackendKind, max_sessions: usize) -> Host {
     let library = library();
-    Host::new(HostConfig {
-        compile_cache: Some(runinfer::compile::CompileCache::new(
+    Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = Some(runinfer::compile::CompileCache::new(
             root().join("target").join("test-compile-cache"),
-        )),
-        default_backend,
-        onnxruntime: OnnxruntimeConfig {
-            library: Some(library),
-            threads: 1,
-            max_sessions,
-        },
-        ..HostConfig::default()
+        ));
+        value.default_backend = default_backend;
+        value.onnxruntime = {
+            let mut value = OnnxruntimeConfig::default();
+            value.library = Some(library);
+            value.threads = 1;
+            value.max_sessions = max_sessions;
+            value
+        };
+        value
     })
     .expect("host starts")
 }

@@ -187,9 +187,10 @@ fn inference_args_reach_the_handler() {
     let host = host();
     let dir = scratch_test_plugin("hostile", "name = \"echo\"\ncomponent = \"hostile.wasm\"\n");
     let plugin = load(&host, dir.path());
-    let options = RunOptions {
-        inference_args: vec![("temperature".into(), "0.5".into())],
-        ..Default::default()
+    let options = {
+        let mut value = RunOptions::default();
+        value.inference_args = vec![("temperature".into(), "0.5".into())];
+        value
     };
     let out = run(&plugin, b"\"echo-args\"\n", &options);
     assert_eq!(out.predictions[0]["inference"], "temperature=0.5");

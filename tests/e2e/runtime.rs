@@ -27,9 +27,10 @@ fn parallel_instances_keep_input_order() {
     let lines = iris_lines(1000);
     let golden = read_jsonl("tests/golden/iris.jsonl");
     for (instances, batch) in [(1, 1), (4, 7), (3, 64)] {
-        let options = RunOptions {
-            instances: Some(instances),
-            ..size_only(batch)
+        let options = {
+            let mut value = size_only(batch);
+            value.instances = Some(instances);
+            value
         };
         let out = run(&plugin, &to_input(&lines), &options);
         assert_eq!(out.predictions.len(), 1000);
@@ -51,14 +52,15 @@ fn time_based_flushes_lose_nothing_and_keep_order() {
     let host = host();
     let plugin = bundled(&host, "iris");
     let lines = iris_lines(600);
-    let options = RunOptions {
-        instances: Some(2),
-        batching: runinfer::manifest::BatchingConfig {
+    let options = {
+        let mut value = RunOptions::default();
+        value.instances = Some(2);
+        value.batching = runinfer::manifest::BatchingConfig {
             max_batch_size: Some(50),
             max_batch_duration_ms: Some(1),
             min_batch_size: Some(1),
-        },
-        ..RunOptions::default()
+        };
+        value
     };
     let out = run(&plugin, &to_input(&lines), &options);
     assert_eq!(out.predictions.len(), 600);
@@ -81,14 +83,11 @@ fn keyed_and_unkeyed_lines_mix_and_keys_come_back() {
             _ => json!({"key": {"id": i, "tags": ["a"]}, "example": ex}),
         })
         .collect();
-    let out = run(
-        &plugin,
-        &to_input(&mixed),
-        &RunOptions {
-            instances: Some(3),
-            ..size_only(16)
-        },
-    );
+    let out = run(&plugin, &to_input(&mixed), &{
+        let mut value = size_only(16);
+        value.instances = Some(3);
+        value
+    });
     assert_eq!(out.predictions.len(), 300);
     for (i, p) in out.predictions.iter().enumerate() {
         assert_eq!(p["example"], lines[i]);
@@ -134,10 +133,11 @@ fn keyed_input(golden: &[Value], key: Option<Value>) -> Vec<u8> {
 #[test]
 fn per_key_models_with_lru_eviction() {
     let cache = root().join("target").join("test-compile-cache");
-    let host = Host::new(HostConfig {
-        compile_cache: Some(CompileCache::new(cache)),
-        max_key_model_sets: 1,
-        ..HostConfig::default()
+    let host = Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = Some(CompileCache::new(cache));
+        value.max_key_model_sets = 1;
+        value
     })
     .unwrap();
     let dir = keyed_plugin();
@@ -242,14 +242,11 @@ fn metrics_have_exact_values_after_a_known_run() {
     let lines = iris_lines(10);
     let mut input = to_input(&lines);
     input.extend_from_slice(b"[1, 2]\n"); // undecodable: never reaches a batch
-    let out = run(
-        &plugin,
-        &input,
-        &RunOptions {
-            instances: Some(1),
-            ..size_only(4)
-        },
-    );
+    let out = run(&plugin, &input, &{
+        let mut value = size_only(4);
+        value.instances = Some(1);
+        value
+    });
     assert_eq!(out.predictions.len(), 10);
     let id = plugin.models().next().unwrap().id.clone();
     let l = format!("{{model_id=\"{id}\"}}");
@@ -304,9 +301,10 @@ fn max_failure_ratio_stops_the_run() {
             "[1]\n"
         });
     }
-    let options = RunOptions {
-        max_failure_ratio: Some(0.2),
-        ..RunOptions::default()
+    let options = {
+        let mut value = RunOptions::default();
+        value.max_failure_ratio = Some(0.2);
+        value
     };
     let out = run(&plugin, input.as_bytes(), &options);
     let reason = out.summary.stopped.expect("stopped");
@@ -318,9 +316,10 @@ fn max_failure_ratio_stops_the_run() {
     assert_eq!(out.predictions.len() + out.dead_letters.len(), 100);
 
     // Under the ratio, the run completes.
-    let options = RunOptions {
-        max_failure_ratio: Some(0.6),
-        ..RunOptions::default()
+    let options = {
+        let mut value = RunOptions::default();
+        value.max_failure_ratio = Some(0.6);
+        value
     };
     let out = run(&plugin, input.as_bytes(), &options);
     assert!(out.summary.stopped.is_none());
@@ -358,10 +357,11 @@ fn adaptive_batching_starts_small_and_grows_through_the_dispatcher() {
             "name = \"iris-metrics\"\ncomponent = \"iris.wasm\"\n[models]\niris = \"models/iris.onnx\"\n[args]\nlabels = \"setosa,versicolor,virginica\"\n",
         );
         let plugin = load(&host, dir.path());
-        let options = RunOptions {
-            adaptive_batch_latency: adaptive,
-            instances: Some(2),
-            ..size_only(256)
+        let options = {
+            let mut value = size_only(256);
+            value.adaptive_batch_latency = adaptive;
+            value.instances = Some(2);
+            value
         };
         let out = run(&plugin, &to_input(&lines), &options);
         assert_eq!(out.predictions.len(), 2000);

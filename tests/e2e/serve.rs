@@ -64,13 +64,11 @@ impl Server {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = router(
-                    root,
-                    host,
-                    ServeConfig {
-                        request_timeout: timeout,
-                    },
-                );
+                let app = router(root, host, {
+                    let mut value = ServeConfig::default();
+                    value.request_timeout = timeout;
+                    value
+                });
                 serve(listener, app, async {
                     let _ = stopped.await;
                 })

@@ -21,9 +21,10 @@ pub fn plugins_dir() -> PathBuf {
 
 /// A host whose compile cache lives in `cache` (or none).
 pub fn host_with_cache(cache: Option<&Path>) -> Host {
-    Host::new(HostConfig {
-        compile_cache: cache.map(CompileCache::new),
-        ..HostConfig::default()
+    Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = cache.map(CompileCache::new);
+        value
     })
     .expect("host starts")
 }
@@ -149,13 +150,14 @@ pub fn assert_all_close(actual: &Value, expected: &Value, tolerance: f64, what: 
 /// Run options whose batches flush on size or at the end of the input only, so that
 /// batch counts do not depend on the machine's speed.
 pub fn size_only(max_batch_size: u32) -> RunOptions {
-    RunOptions {
-        batching: runinfer::manifest::BatchingConfig {
+    {
+        let mut value = RunOptions::default();
+        value.batching = runinfer::manifest::BatchingConfig {
             max_batch_size: Some(max_batch_size),
             max_batch_duration_ms: Some(600_000),
             min_batch_size: None,
-        },
-        ..RunOptions::default()
+        };
+        value
     }
 }
 

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 /// Options of a run.
 #[derive(Clone, Debug, Default)]
+#[non_exhaustive]
 pub struct RunOptions {
     /// Overrides of the plugin's batching.
     pub batching: BatchingConfig,
@@ -38,6 +39,7 @@ pub struct RunOptions {
 
 /// What a run did.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
 pub struct RunSummary {
     /// Input lines read and accounted for.
     pub lines: u64,

@@ -24,6 +24,7 @@ use std::time::Duration;
 
 /// How the server behaves.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// Longest a request waits for its results; a request's `timeout` parameter
     /// (microseconds, as in Triton) may shorten it.

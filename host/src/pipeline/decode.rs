@@ -65,7 +65,7 @@ pub fn decode_line(line: &str, input: &ValueKind) -> Result<Decoded, DecodeError
 /// Decodes one example that came as raw bytes (an element of an Open Inference
 /// Protocol `BYTES` tensor) for a handler that takes bytes, text or JSON: the same
 /// kinds as [`decode_example`], from the raw form instead of a JSON value.
-pub fn decode_element(element: Vec<u8>, input: &ValueKind) -> Result<Value, String> {
+pub(crate) fn decode_element(element: Vec<u8>, input: &ValueKind) -> Result<Value, String> {
     match input {
         ValueKind::Bytes => Ok(Value::Bytes(element)),
         ValueKind::Text => utf8(element).map(Value::Text),
@@ -79,7 +79,7 @@ pub fn decode_element(element: Vec<u8>, input: &ValueKind) -> Result<Value, Stri
 }
 
 /// A `BYTES` element as text.
-pub fn utf8(element: Vec<u8>) -> Result<String, String> {
+pub(crate) fn utf8(element: Vec<u8>) -> Result<String, String> {
     String::from_utf8(element).map_err(|_| "a BYTES element is not UTF-8".to_string())
 }
 
@@ -148,7 +148,10 @@ pub fn decode_example(example: &serde_json::Value, input: &ValueKind) -> Result<
 }
 
 /// A nested JSON array (or tensor object) as a tensor of the spec's dtype and shape.
-pub fn decode_tensor(example: &serde_json::Value, spec: &TensorSpec) -> Result<Tensor, String> {
+pub(crate) fn decode_tensor(
+    example: &serde_json::Value,
+    spec: &TensorSpec,
+) -> Result<Tensor, String> {
     let tensor = Tensor::from_json(example, spec.dtype).map_err(|e| e.to_string())?;
     spec.check_shape(tensor.shape())?;
     Ok(tensor)

@@ -1,5 +1,5 @@
 //! The runtime of one plugin: examples are queued per model set, formed into batches
-//! ([`crate::pipeline::batch`]) and run in parallel on warm instances; each example gets its
+//! (by a [`BatchPolicy`]) and run in parallel on warm instances; each example gets its
 //! own result back. `run` (JSONL) and serving feed the same dispatcher.
 //!
 //! Batches run on `instances` dedicated worker threads (wasm calls are synchronous).
@@ -7,7 +7,8 @@
 //! waiting instead of being woken for it.
 
 use crate::error::{ErrorCode, InferenceError};
-use crate::pipeline::batch::{BatchPolicy, BatchSizer, Queued, next_batch};
+pub use crate::pipeline::batch::BatchPolicy;
+use crate::pipeline::batch::{BatchSizer, Queued, next_batch};
 use crate::plugin::{Plugin, Route};
 use crate::value::Value;
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ struct Job {
 
 /// Options of a dispatcher.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct DispatchOptions {
     /// How batches are formed.
     pub policy: BatchPolicy,
@@ -64,6 +66,19 @@ pub struct DispatchOptions {
     pub queue_capacity: usize,
     /// Beam's `inference_args`, passed to every `run-inference` call.
     pub inference_args: Vec<(String, String)>,
+}
+
+impl DispatchOptions {
+    /// Options with no inference args: batches formed by `policy`, at most
+    /// `instances` at once, `queue_capacity` examples queued per model set.
+    pub fn new(policy: BatchPolicy, instances: usize, queue_capacity: usize) -> Self {
+        DispatchOptions {
+            policy,
+            instances,
+            queue_capacity,
+            inference_args: Vec::new(),
+        }
+    }
 }
 
 /// Routes, batches and runs the examples of one plugin.

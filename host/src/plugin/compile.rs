@@ -81,7 +81,7 @@ impl CompileCache {
 }
 
 /// Compiles `wasm`, or loads its code from `cache` when an entry is there.
-pub fn compile(
+pub(crate) fn compile(
     engine: &Engine,
     wasm: &[u8],
     cache: Option<&CompileCache>,
