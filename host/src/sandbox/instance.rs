@@ -7,9 +7,9 @@ use crate::error::{ErrorCode, InferenceError};
 use crate::manifest::{BatchingConfig, Grants, Limits};
 use crate::metrics::Metrics;
 use crate::model::{GrantedModel, ModelHandle, TensorInfo};
-use crate::sandbox::bindings::{self, Handler, HandlerPre, api, inference, types};
+use crate::sandbox::bindings::{self, Handler, HandlerPre, HostError, api, inference, types};
 use crate::sandbox::wasi::{self, OutputTail};
-use crate::tensor::{DType, Tensor, TensorError};
+use crate::tensor::{DType, Tensor};
 use crate::untrusted::{self, MAX_JSON_DEPTH, guest_text};
 use crate::value::{Field, Value};
 use serde_json::value::RawValue;
@@ -470,10 +470,6 @@ fn guest_error(code: types::ErrorCode, message: impl Into<String>) -> types::Err
     }
 }
 
-fn tensor_error(e: TensorError) -> types::Error {
-    guest_error(types::ErrorCode::InvalidInput, e.to_string())
-}
-
 fn shape_from_wit(shape: &[u64]) -> Result<Vec<usize>, types::Error> {
     shape
         .iter()
@@ -492,40 +488,6 @@ fn info_to_wit(info: &TensorInfo) -> inference::TensorInfo {
         name: info.name.clone(),
         dtype: dtype_to_wit(info.dtype),
         shape: info.shape.clone(),
-    }
-}
-
-/// What a host import fails with: an `error` the guest gets back as a value, or a trap
-/// (a forged handle, a full table) that stops the call. wasmtime's
-/// `trappable_error_type` turns it into one or the other ([`types::Host::convert_error`]).
-pub enum HostError {
-    /// Returned to the guest.
-    Guest(types::Error),
-    /// Stops the call.
-    Trap(wasmtime::Error),
-}
-
-impl From<types::Error> for HostError {
-    fn from(e: types::Error) -> Self {
-        HostError::Guest(e)
-    }
-}
-
-impl From<wasmtime::Error> for HostError {
-    fn from(e: wasmtime::Error) -> Self {
-        HostError::Trap(e)
-    }
-}
-
-impl From<wasmtime::component::ResourceTableError> for HostError {
-    fn from(e: wasmtime::component::ResourceTableError) -> Self {
-        HostError::Trap(e.into())
-    }
-}
-
-impl From<TensorError> for HostError {
-    fn from(e: TensorError) -> Self {
-        HostError::Guest(tensor_error(e))
     }
 }
 
