@@ -475,8 +475,8 @@ impl Plugin {
 /// appearance; `None` when every example has the same shapes (the common case, one
 /// call).
 fn shape_groups(batch: &[Value]) -> Option<Vec<Vec<usize>>> {
-    let first = batch.first()?.shapes();
-    if batch.iter().all(|v| v.shapes() == first) {
+    let first = batch.first()?;
+    if batch.iter().all(|v| v.same_shapes(first)) {
         return None;
     }
     let mut index: HashMap<Vec<&[usize]>, usize> = HashMap::new();
@@ -691,4 +691,29 @@ fn model_id(env: &PluginEnv) -> String {
 
 fn model_bytes(env: &PluginEnv) -> u64 {
     env.models.values().map(|m| m.model.byte_size()).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::{DType, Tensor};
+    use crate::value::Field;
+
+    fn ids(len: usize) -> Value {
+        let tensor = Tensor::from_bytes(DType::I64, vec![len], vec![0; len * 8]).unwrap();
+        Value::Fields(vec![
+            ("input_ids".into(), Field::Tensor(tensor)),
+            ("text".into(), Field::Text("x".into())),
+        ])
+    }
+
+    #[test]
+    fn ragged_batches_are_grouped_by_shape_in_order_of_first_appearance() {
+        assert_eq!(shape_groups(&[ids(3), ids(3), ids(3)]), None);
+        assert_eq!(
+            shape_groups(&[ids(3), ids(5), ids(3), ids(7), ids(5)]),
+            Some(vec![vec![0, 2], vec![1, 4], vec![3]])
+        );
+        assert_eq!(shape_groups(&[]), None);
+    }
 }

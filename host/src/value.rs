@@ -112,6 +112,23 @@ impl Value {
         }
     }
 
+    /// True when both values' tensors have the same shapes, field by field: the
+    /// common case of a batch, checked without allocating.
+    pub fn same_shapes(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Tensor(a), Value::Tensor(b)) => a.shape() == b.shape(),
+            (Value::Fields(a), Value::Fields(b)) => {
+                a.len() == b.len()
+                    && a.iter().zip(b).all(|((_, x), (_, y))| match (x, y) {
+                        (Field::Tensor(x), Field::Tensor(y)) => x.shape() == y.shape(),
+                        (Field::Text(_), Field::Text(_)) => true,
+                        _ => false,
+                    })
+            }
+            (a, b) => a.shapes() == b.shapes(),
+        }
+    }
+
     /// Size of the value's payload in bytes (Beam's `get_num_bytes`).
     pub fn byte_size(&self) -> usize {
         match self {
