@@ -181,6 +181,29 @@ fn health_metadata_and_inference() {
             .0,
         200
     );
+    // Triton's model configuration: the same signature, batching and instances in force.
+    let (status, config) = server.call("GET", "/v2/models/iris/config", None);
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["max_batch_size"], 64);
+    assert_eq!(
+        config["input"],
+        json!([{"name": "input", "data_type": "TYPE_FP32", "dims": [4]}])
+    );
+    assert_eq!(
+        config["output"],
+        json!([
+            {"name": "label", "data_type": "TYPE_STRING", "dims": [1], "reshape": {"shape": []}},
+            {"name": "probabilities", "data_type": "TYPE_FP32", "dims": [3]},
+        ])
+    );
+    assert_eq!(
+        config["dynamic_batching"]["max_queue_delay_microseconds"],
+        10_000
+    );
+    assert_eq!(config["instance_group"][0]["kind"], "KIND_CPU");
+    assert!(config["instance_group"][0]["count"].as_u64().unwrap() >= 1);
+    let (status, _) = server.call("GET", "/v2/models/nope/config", None);
+    assert_eq!(status, 404);
     let (status, err) = server.call("GET", "/v2/models/nope", None);
     assert_eq!(status, 404);
     assert_eq!(err["error"], "unknown model: 'nope'");

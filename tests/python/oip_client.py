@@ -69,6 +69,16 @@ def main():
         f"iris metadata: {meta}",
     )
     check(meta["versions"] == ["1"], f"iris versions: {meta}")
+    # Triton's model configuration extension, as Triton's tools read it.
+    config = client.get_model_config("iris")
+    check(config["max_batch_size"] == 64, f"iris config: {config}")
+    check(config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [4]}], f"iris config: {config}")
+    check(
+        [(o["name"], o["data_type"], o["dims"]) for o in config["output"]]
+        == [("label", "TYPE_STRING", [1]), ("probabilities", "TYPE_FP32", [3])],
+        f"iris config: {config}",
+    )
+    check("model_configuration" in server["extensions"], f"extensions: {server}")
     try:
         client.get_model_metadata("no-such-model")
         check(False, "metadata of an unknown model must fail")

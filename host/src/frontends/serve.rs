@@ -22,6 +22,8 @@ use serde_json::{Value as JsonValue, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod triton;
+
 /// How the server behaves.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -59,6 +61,11 @@ pub fn router(root: Arc<PluginRoot>, host: Host, config: ServeConfig) -> Router 
         .route(
             "/v2/models/{name}/versions/{version}",
             get(model_metadata_version),
+        )
+        .route("/v2/models/{name}/config", get(model_config))
+        .route(
+            "/v2/models/{name}/versions/{version}/config",
+            get(model_config_version),
         )
         .route("/v2/models/{name}/ready", get(model_ready))
         .route(
@@ -133,7 +140,7 @@ async fn server_metadata() -> Json<JsonValue> {
     Json(json!({
         "name": "runinfer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": ["binary_tensor_data", "model_configuration"],
     }))
 }
 
@@ -213,6 +220,19 @@ async fn model_metadata_version(
 ) -> ApiResult {
     let live = live(&state, &name, Some(&version))?;
     Ok(Json(model_metadata_json(&live)).into_response())
+}
+
+async fn model_config(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+    let live = live(&state, &name, None)?;
+    Ok(Json(triton::model_config(&live, UNNAMED)).into_response())
+}
+
+async fn model_config_version(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    let live = live(&state, &name, Some(&version))?;
+    Ok(Json(triton::model_config(&live, UNNAMED)).into_response())
 }
 
 async fn model_ready(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {

@@ -1,0 +1,81 @@
+//! Triton's model configuration extension (`GET /v2/models/{m}/config`), from what the
+//! server really does with the plugin: the handler's signature, the batching and
+//! instance count in force. Tools that read the configuration before anything else
+//! (Triton's perf_analyzer and Model Analyzer, client generators) then see the truth.
+
+use crate::contract::{FieldKind, TensorSpec, ValueKind};
+use crate::frontends::watch::LivePlugin;
+use serde_json::{Value as JsonValue, json};
+
+/// Triton's name of a tensor's data type (`TYPE_FP32`, ...; strings are `TYPE_STRING`).
+fn data_type(oip: &str) -> String {
+    match oip {
+        "BYTES" => "TYPE_STRING".into(),
+        other => format!("TYPE_{other}"),
+    }
+}
+
+/// One tensor of the configuration. Dims exclude the batch dimension, as Triton's do
+/// when `max_batch_size > 0`; `-1` is a free dimension. A per-example string or a tensor
+/// of any rank is declared as dims `[-1]`/`[1]` the way Triton configurations do:
+/// a string per example is `dims: [1]` reshaped to `[]`.
+fn tensor(name: &str, spec: Option<&TensorSpec>) -> JsonValue {
+    match spec {
+        Some(spec) => {
+            let dims: Vec<i64> = match &spec.shape {
+                Some(shape) => shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect(),
+                None => vec![-1],
+            };
+            json!({"name": name, "data_type": data_type(spec.dtype.oip_name()), "dims": dims})
+        }
+        None => json!({
+            "name": name,
+            "data_type": "TYPE_STRING",
+            "dims": [1],
+            "reshape": {"shape": []},
+        }),
+    }
+}
+
+fn tensors(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
+    match kind {
+        ValueKind::Tensor(spec) => vec![tensor(unnamed, Some(spec))],
+        ValueKind::Fields { fields } => fields
+            .iter()
+            .map(|f| match &f.kind {
+                FieldKind::Tensor(spec) => tensor(&f.name, Some(spec)),
+                FieldKind::Text => tensor(&f.name, None),
+            })
+            .collect(),
+        ValueKind::Json | ValueKind::Text | ValueKind::Bytes => vec![tensor(unnamed, None)],
+    }
+}
+
+/// The model configuration of a live plugin, in Triton's JSON form.
+pub(super) fn model_config(live: &LivePlugin, unnamed: [&str; 2]) -> JsonValue {
+    let plugin = &live.plugin;
+    let options = live.dispatcher.options();
+    let signature = &plugin.info().signature;
+    let delay_us = u64::try_from(options.policy.max_batch_duration.as_micros()).unwrap_or(u64::MAX);
+    json!({
+        "name": plugin.name(),
+        "platform": "runinfer",
+        "backend": "runinfer",
+        "max_batch_size": options.policy.max_batch_size,
+        "input": tensors(&signature.inputs, unnamed[0]),
+        "output": tensors(&signature.outputs, unnamed[1]),
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": delay_us,
+            "preserve_ordering": true,
+        },
+        "instance_group": [{
+            "name": plugin.name(),
+            "kind": "KIND_CPU",
+            "count": options.instances,
+        }],
+        "parameters": {
+            "model_id": {"string_value": plugin.model_id()},
+            "namespace": {"string_value": plugin.namespace()},
+        },
+    })
+}
