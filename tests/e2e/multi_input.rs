@@ -82,6 +82,34 @@ pub(crate) fn reference(model: &std::path::Path, input: &[u8]) -> Vec<Value> {
     parse_jsonl(&out.stdout)
 }
 
+/// For a client process: the model, and the examples and onnxruntime's outputs for
+/// them as JSONL files (kept while the returned directory lives).
+pub(crate) struct ExampleFiles {
+    pub model: std::path::PathBuf,
+    pub examples: std::path::PathBuf,
+    pub reference: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) fn example_files() -> ExampleFiles {
+    let model = minilm3();
+    let input = jsonl(examples().into_iter());
+    let dir = tempfile::tempdir().unwrap();
+    let (examples, reference_path) = (dir.path().join("x.jsonl"), dir.path().join("r.jsonl"));
+    std::fs::write(&examples, &input).unwrap();
+    let lines: String = reference(&model, &input)
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect();
+    std::fs::write(&reference_path, lines).unwrap();
+    ExampleFiles {
+        model,
+        examples,
+        reference: reference_path,
+        _dir: dir,
+    }
+}
+
 /// The example of a plain or keyed line.
 pub(crate) fn example_of(line: &Value) -> &Value {
     line.get("example").unwrap_or(line)

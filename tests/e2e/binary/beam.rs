@@ -8,27 +8,16 @@ use std::process::Command;
 
 #[test]
 fn beam_pipelines_with_the_runinfer_model_handler() {
-    use crate::multi_input::{examples, minilm3, reference};
     let python = python_env("requirements-beam.txt", "py-beam");
     // The named-input pipeline's model, examples and onnxruntime's outputs.
-    let model = minilm3();
-    let input = runinfer_e2e::jsonl(examples().into_iter());
-    let files = tempfile::tempdir().unwrap();
-    let (examples_path, reference_path) =
-        (files.path().join("x.jsonl"), files.path().join("r.jsonl"));
-    std::fs::write(&examples_path, &input).unwrap();
-    let reference: String = reference(&model, &input)
-        .iter()
-        .map(|r| format!("{r}\n"))
-        .collect();
-    std::fs::write(&reference_path, reference).unwrap();
+    let files = crate::multi_input::example_files();
     let out = Command::new(python)
         .arg(root().join("tests/python/beam_pipeline.py"))
         .arg(root())
         .arg(env!("CARGO_BIN_EXE_runinfer"))
-        .arg(&model)
-        .arg(&examples_path)
-        .arg(&reference_path)
+        .arg(&files.model)
+        .arg(&files.examples)
+        .arg(&files.reference)
         .env(
             "RUNINFER_CACHE_DIR",
             root().join("target/test-compile-cache"),

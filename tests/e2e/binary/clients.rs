@@ -103,19 +103,7 @@ fn tritonclient_and_prometheus_client_against_runinfer_serve() {
 
 #[test]
 fn tritonclient_reads_the_metadata_and_sends_three_named_inputs() {
-    use crate::multi_input::{examples, minilm3, reference};
-    let model = minilm3();
-    let lines = examples();
-    let input = runinfer_e2e::jsonl(lines.iter().cloned());
-    let files = tempfile::tempdir().unwrap();
-    let (examples_path, reference_path) =
-        (files.path().join("x.jsonl"), files.path().join("r.jsonl"));
-    std::fs::write(&examples_path, &input).unwrap();
-    let reference: String = reference(&model, &input)
-        .iter()
-        .map(|r| format!("{r}\n"))
-        .collect();
-    std::fs::write(&reference_path, reference).unwrap();
+    let files = crate::multi_input::example_files();
     let plugins = tempfile::tempdir().unwrap();
     let tensor = root().join("plugins/onnx-tensor");
     for backend in ["tract", "onnxruntime"] {
@@ -131,7 +119,7 @@ fn tritonclient_reads_the_metadata_and_sends_three_named_inputs() {
         for old in std::fs::read_dir(dir.join("models")).unwrap() {
             std::fs::remove_file(old.unwrap().path()).unwrap();
         }
-        std::fs::copy(&model, dir.join("net.onnx")).unwrap();
+        std::fs::copy(&files.model, dir.join("net.onnx")).unwrap();
     }
     let library = crate::onnxruntime::library();
     let (stdout, _) = Server::start(&[
@@ -143,8 +131,8 @@ fn tritonclient_reads_the_metadata_and_sends_three_named_inputs() {
     .run_client_with(
         "tests/python/multi_input_client.py",
         &[
-            examples_path.as_os_str(),
-            reference_path.as_os_str(),
+            files.examples.as_os_str(),
+            files.reference.as_os_str(),
             "minilm-tract".as_ref(),
             "minilm-onnxruntime".as_ref(),
         ],
