@@ -269,6 +269,47 @@ fn health_metadata_and_inference() {
         json!([{"name": "label", "datatype": "BYTES", "shape": [1], "data": ["setosa"]}])
     );
 
+    // Triton's statistics count what was served: 151 rows, every one a success,
+    // queued, then computed in batches whose sizes add up to them.
+    let (status, stats) = server.call("GET", "/v2/models/iris/stats", None);
+    assert_eq!(status, 200, "{stats}");
+    let iris = &stats["model_stats"][0];
+    assert_eq!(
+        (&iris["name"], &iris["version"]),
+        (&json!("iris"), &json!("1"))
+    );
+    assert_eq!(iris["inference_count"], 151);
+    let inference = &iris["inference_stats"];
+    assert_eq!(inference["success"]["count"], 151);
+    assert_eq!(inference["fail"]["count"], 0);
+    assert_eq!(inference["queue"]["count"], 151);
+    assert_eq!(inference["compute_infer"]["count"], 151);
+    assert!(
+        inference["success"]["ns"].as_u64().unwrap()
+            >= inference["compute_infer"]["ns"].as_u64().unwrap() / 151
+    );
+    let batches = iris["batch_stats"].as_array().unwrap();
+    let rows: u64 = batches
+        .iter()
+        .map(|b| b["batch_size"].as_u64().unwrap() * b["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(rows, 151);
+    assert_eq!(
+        batches
+            .iter()
+            .map(|b| b["compute_infer"]["count"].as_u64().unwrap())
+            .sum::<u64>(),
+        iris["execution_count"].as_u64().unwrap()
+    );
+    let (_, all) = server.call("GET", "/v2/models/stats", None);
+    let names: Vec<&str> = all["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["iris", "onnx-tensor", "text-stats"]);
+
     // onnx-tensor: named outputs as tensors, [2, 2, 3] in, nested data accepted.
     let golden = read_jsonl("tests/golden/tiny_mlp.jsonl");
     let body = infer_body(

@@ -143,6 +143,12 @@ def main():
         check("expected datatype FP32, got INT64" in e.message(), f"datatype error: {e}")
         check(e.status() == "400", f"status {e.status()}")
 
+    # Triton's statistics extension, read by tritonclient: every iris row served.
+    stats = client.get_inference_statistics("iris")["model_stats"][0]
+    check(stats["inference_count"] == 600, f"iris statistics: {stats}")
+    check(stats["inference_stats"]["success"]["count"] == 600, f"iris statistics: {stats}")
+    check(stats["execution_count"] >= 1 and stats["inference_stats"]["fail"]["count"] == 0, f"{stats}")
+
     # /metrics is OpenMetrics text: it parses with prometheus_client's strict parser
     # and counts what was sent.
     with urllib.request.urlopen(f"http://{url}/metrics") as response:

@@ -62,6 +62,12 @@ pub fn router(root: Arc<PluginRoot>, host: Host, config: ServeConfig) -> Router 
             "/v2/models/{name}/versions/{version}",
             get(model_metadata_version),
         )
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{name}/stats", get(model_stats))
+        .route(
+            "/v2/models/{name}/versions/{version}/stats",
+            get(model_stats_version),
+        )
         .route("/v2/models/{name}/config", get(model_config))
         .route(
             "/v2/models/{name}/versions/{version}/config",
@@ -140,7 +146,7 @@ async fn server_metadata() -> Json<JsonValue> {
     Json(json!({
         "name": "runinfer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration"],
+        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
     }))
 }
 
@@ -220,6 +226,29 @@ async fn model_metadata_version(
 ) -> ApiResult {
     let live = live(&state, &name, Some(&version))?;
     Ok(Json(model_metadata_json(&live)).into_response())
+}
+
+async fn all_stats(State(state): State<Arc<AppState>>) -> Json<JsonValue> {
+    let stats: Vec<JsonValue> = state
+        .root
+        .live_plugins()
+        .iter()
+        .map(|live| triton::model_stats(live, VERSION))
+        .collect();
+    Json(json!({"model_stats": stats}))
+}
+
+async fn model_stats(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {
+    let live = live(&state, &name, None)?;
+    Ok(Json(json!({"model_stats": [triton::model_stats(&live, VERSION)]})).into_response())
+}
+
+async fn model_stats_version(
+    State(state): State<Arc<AppState>>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult {
+    let live = live(&state, &name, Some(&version))?;
+    Ok(Json(json!({"model_stats": [triton::model_stats(&live, VERSION)]})).into_response())
 }
 
 async fn model_config(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> ApiResult {

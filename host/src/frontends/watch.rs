@@ -119,6 +119,16 @@ impl PluginRoot {
             .cloned()
     }
 
+    /// The live plugins, by name.
+    pub fn live_plugins(&self) -> Vec<Arc<LivePlugin>> {
+        self.live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// Every plugin directory seen, with its state.
     pub fn status(&self) -> BTreeMap<String, PluginStatus> {
         let mut status: BTreeMap<String, PluginStatus> = self

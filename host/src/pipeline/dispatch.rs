@@ -95,6 +95,81 @@ pub struct Dispatcher {
 struct Stats {
     batches: AtomicU64,
     failed_batches: AtomicU64,
+    /// Triton's statistics, updated once per batch.
+    serving: Mutex<ServingStats>,
+}
+
+/// A count of events and their cumulative duration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Timed {
+    /// How many.
+    pub count: u64,
+    /// Their total duration, in nanoseconds.
+    pub ns: u64,
+}
+
+impl Timed {
+    fn add(&mut self, count: u64, total: std::time::Duration) {
+        self.count += count;
+        self.ns = self
+            .ns
+            .saturating_add(u64::try_from(total.as_nanos()).unwrap_or(u64::MAX));
+    }
+}
+
+/// What the dispatcher did, in the shape of Triton's model statistics: per example
+/// (success, failure, time queued, time in its batch's `run-inference`), and per
+/// batch size.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct ServingStats {
+    /// Examples answered (successes and failures).
+    pub inference_count: u64,
+    /// Batches run.
+    pub execution_count: u64,
+    /// When the last batch ended, in milliseconds since the Unix epoch (0: none yet).
+    pub last_inference_ms: u64,
+    /// Examples that got an inference: queued to answered.
+    pub success: Timed,
+    /// Examples whose batch failed: queued to answered.
+    pub fail: Timed,
+    /// Time examples waited in the queue.
+    pub queue: Timed,
+    /// Time examples spent in their batch's handler call (models included).
+    pub compute_infer: Timed,
+    /// Per batch size: batches run and their handler time.
+    pub batches: std::collections::BTreeMap<usize, Timed>,
+}
+
+impl ServingStats {
+    fn record(
+        &mut self,
+        queued: &[Instant],
+        started: Instant,
+        latency: std::time::Duration,
+        ok: bool,
+    ) {
+        let done = started + latency;
+        let n = queued.len() as u64;
+        self.inference_count += n;
+        self.execution_count += 1;
+        self.last_inference_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let waited: std::time::Duration = queued.iter().map(|&q| started - q).sum();
+        let answered: std::time::Duration = queued.iter().map(|&q| done - q).sum();
+        self.queue.add(n, waited);
+        self.compute_infer.add(n, latency * queued.len() as u32);
+        if ok {
+            self.success.add(n, answered);
+        } else {
+            self.fail.add(n, answered);
+        }
+        self.batches
+            .entry(queued.len())
+            .or_default()
+            .add(1, latency);
+    }
 }
 
 /// A formed batch on its way to a worker thread.
@@ -161,6 +236,15 @@ impl Dispatcher {
     /// The options in force.
     pub fn options(&self) -> &DispatchOptions {
         &self.options
+    }
+
+    /// What the dispatcher did so far, as Triton's statistics count it.
+    pub fn serving_stats(&self) -> ServingStats {
+        self.stats
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Batches run so far, and how many of them failed.
@@ -346,6 +430,12 @@ impl WorkerContext {
         };
         let latency = started.elapsed();
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        let queued: Vec<Instant> = waiting.iter().map(|(queued_at, _)| *queued_at).collect();
+        self.stats
+            .serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&queued, started, latency, outcome.is_ok());
         match outcome {
             Ok((inferences, set_model_id)) => {
                 metrics.batch_done(&set_model_id, size, bytes, latency);

@@ -79,3 +79,43 @@ pub(super) fn model_config(live: &LivePlugin, unnamed: [&str; 2]) -> JsonValue {
         },
     })
 }
+
+/// Triton's statistics of one live plugin (`GET /v2/models[/{m}]/stats`).
+///
+/// Per example: `success` and `fail` are queued-to-answered times, `queue` the wait
+/// for a batch, `compute_infer` the handler call of its batch (models included).
+/// `compute_input` and `compute_output` stay at 0: requests are decoded and encoded
+/// outside the queue, by the HTTP front, and not timed separately.
+pub(super) fn model_stats(live: &LivePlugin, version: &str) -> JsonValue {
+    let stats = live.dispatcher.serving_stats();
+    let timed = |t: crate::dispatch::Timed| json!({"count": t.count, "ns": t.ns});
+    let zero = json!({"count": 0, "ns": 0});
+    let batch_stats: Vec<JsonValue> = stats
+        .batches
+        .iter()
+        .map(|(size, t)| {
+            json!({
+                "batch_size": size,
+                "compute_input": zero,
+                "compute_infer": timed(*t),
+                "compute_output": zero,
+            })
+        })
+        .collect();
+    json!({
+        "name": live.plugin.name(),
+        "version": version,
+        "last_inference": stats.last_inference_ms,
+        "inference_count": stats.inference_count,
+        "execution_count": stats.execution_count,
+        "inference_stats": {
+            "success": timed(stats.success),
+            "fail": timed(stats.fail),
+            "queue": timed(stats.queue),
+            "compute_input": zero,
+            "compute_infer": timed(stats.compute_infer),
+            "compute_output": zero,
+        },
+        "batch_stats": batch_stats,
+    })
+}
