@@ -21,6 +21,22 @@ fn runinfer() -> Command {
     cmd
 }
 
+/// Runs a reference script of `tests/python` in the clients' venv (onnxruntime,
+/// numpy, Pillow) with `args`, and returns the JSONL it prints.
+pub(crate) fn python_reference(script: &str, args: &[&std::ffi::OsStr]) -> Vec<serde_json::Value> {
+    let out = Command::new(python_env("requirements.txt", "py-clients"))
+        .arg(root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    runinfer_e2e::parse_jsonl(&out.stdout)
+}
+
 /// The python of a venv with `requirements` (a file of tests/python) installed from
 /// PyPI by scripts/python-env.sh on first use; a failed install fails the test.
 pub(crate) fn python_env(requirements: &str, venv: &str) -> PathBuf {

@@ -65,21 +65,12 @@ pub(crate) fn examples() -> Vec<Value> {
 
 /// onnxruntime's outputs for each line of `input` (one object per line).
 pub(crate) fn reference(model: &std::path::Path, input: &[u8]) -> Vec<Value> {
-    let python = crate::binary::python_env("requirements.txt", "py-clients");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), input).unwrap();
-    let out = std::process::Command::new(python)
-        .arg(root().join("tests/python/ort_reference.py"))
-        .arg(model)
-        .arg(file.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    parse_jsonl(&out.stdout)
+    crate::binary::python_reference(
+        "ort_reference.py",
+        &[model.as_os_str(), file.path().as_os_str()],
+    )
 }
 
 /// For a client process: the model, and the examples and onnxruntime's outputs for

@@ -60,23 +60,12 @@ pub(crate) fn tensor_plugin(
 /// feeds its classifier, and onnxruntime's own Python API's probabilities for each
 /// (tests/python/ppocr_reference.py): the images as JSONL, and the references.
 fn text_lines_and_reference(model: &std::path::Path) -> (Vec<u8>, Vec<Value>) {
-    let python = crate::binary::python_env("requirements.txt", "py-clients");
     let images = tempfile::NamedTempFile::new().unwrap();
-    let out = std::process::Command::new(python)
-        .arg(root().join("tests/python/ppocr_reference.py"))
-        .arg(model)
-        .arg(images.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let reference = crate::binary::python_reference(
+        "ppocr_reference.py",
+        &[model.as_os_str(), images.path().as_os_str()],
     );
-    (
-        std::fs::read(images.path()).unwrap(),
-        parse_jsonl(&out.stdout),
-    )
+    (std::fs::read(images.path()).unwrap(), reference)
 }
 
 #[test]
