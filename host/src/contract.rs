@@ -158,7 +158,38 @@ impl FieldKind {
     }
 }
 
+/// What one tensor of a request or a response holds (see [`ValueKind::tensors`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TensorPart<'a> {
+    /// A numeric tensor.
+    Tensor(&'a TensorSpec),
+    /// One string per example (a text field, or a text value).
+    Text,
+    /// One JSON document per example.
+    Json,
+    /// One byte string per example.
+    Bytes,
+}
+
 impl ValueKind {
+    /// The protocol tensors a value travels as (Open Inference Protocol, Triton):
+    /// one per field, or one named `unnamed` for every other kind.
+    pub fn tensors<'a>(&'a self, unnamed: &'a str) -> Vec<(&'a str, TensorPart<'a>)> {
+        match self {
+            ValueKind::Tensor(spec) => vec![(unnamed, TensorPart::Tensor(spec))],
+            ValueKind::Fields { fields } => fields
+                .iter()
+                .map(|f| match &f.kind {
+                    FieldKind::Tensor(spec) => (f.name.as_str(), TensorPart::Tensor(spec)),
+                    FieldKind::Text => (f.name.as_str(), TensorPart::Text),
+                })
+                .collect(),
+            ValueKind::Json => vec![(unnamed, TensorPart::Json)],
+            ValueKind::Text => vec![(unnamed, TensorPart::Text)],
+            ValueKind::Bytes => vec![(unnamed, TensorPart::Bytes)],
+        }
+    }
+
     /// The kind's name, for messages.
     pub fn name(&self) -> &'static str {
         match self {

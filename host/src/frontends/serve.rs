@@ -5,7 +5,7 @@
 //! many clients are batched together. A full queue is refused at once (503), and a
 //! request waits at most its timeout.
 
-use crate::contract::{FieldKind, TensorSpec, ValueKind};
+use crate::contract::{FieldKind, TensorPart, TensorSpec, ValueKind};
 use crate::error::{ErrorCode, InferenceError};
 use crate::frontends::watch::{LivePlugin, PluginRoot};
 use crate::host::Host;
@@ -170,31 +170,27 @@ const UNNAMED: [&str; 2] = ["input", "output"];
 /// `{"name", "datatype", "shape"}` entries for what a signature declares: one per
 /// field, or one named `unnamed`. Shapes carry the batch dimension (-1) first.
 fn tensor_metadata(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
-    fn spec_json(name: &str, spec: &TensorSpec) -> JsonValue {
-        let mut dims = vec![json!(-1)];
-        match &spec.shape {
-            Some(shape) => dims.extend(shape.iter().map(|d| d.map_or(json!(-1), |d| json!(d)))),
-            None => dims.push(json!(-1)),
-        }
-        json!({"name": name, "datatype": spec.dtype.oip_name(), "shape": dims})
-    }
-    // What a BYTES tensor holds, as MLServer's metadata says it: strings (`str`), or
-    // JSON text (`json`; bytes inferences are `{"base64": ...}` objects).
+    // What a BYTES tensor holds, as MLServer's metadata says it: strings (`str`), JSON
+    // text (`json`; bytes inferences are `{"base64": ...}` objects), raw bytes (inputs).
     let bytes = |name: &str, content: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1], "parameters": {"content_type": content}});
-    match kind {
-        ValueKind::Tensor(spec) => vec![spec_json(unnamed, spec)],
-        ValueKind::Fields { fields } => fields
-            .iter()
-            .map(|f| match &f.kind {
-                FieldKind::Tensor(spec) => spec_json(&f.name, spec),
-                FieldKind::Text => bytes(&f.name, "str"),
-            })
-            .collect(),
-        ValueKind::Text => vec![bytes(unnamed, "str")],
-        // An input of raw bytes; an output of JSON text.
-        ValueKind::Bytes if unnamed == UNNAMED[0] => vec![bytes(unnamed, "bytes")],
-        ValueKind::Json | ValueKind::Bytes => vec![bytes(unnamed, "json")],
-    }
+    kind.tensors(unnamed)
+        .into_iter()
+        .map(|(name, part)| match part {
+            TensorPart::Tensor(spec) => {
+                let mut dims = vec![json!(-1)];
+                match &spec.shape {
+                    Some(shape) => {
+                        dims.extend(shape.iter().map(|d| d.map_or(json!(-1), |d| json!(d))))
+                    }
+                    None => dims.push(json!(-1)),
+                }
+                json!({"name": name, "datatype": spec.dtype.oip_name(), "shape": dims})
+            }
+            TensorPart::Text => bytes(name, "str"),
+            TensorPart::Bytes if unnamed == UNNAMED[0] => bytes(name, "bytes"),
+            TensorPart::Json | TensorPart::Bytes => bytes(name, "json"),
+        })
+        .collect()
 }
 
 /// The handler's signature as OIP model metadata: exactly the inputs `infer` takes

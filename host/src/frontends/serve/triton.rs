@@ -3,7 +3,7 @@
 //! instance count in force. Tools that read the configuration before anything else
 //! (Triton's perf_analyzer and Model Analyzer, client generators) then see the truth.
 
-use crate::contract::{FieldKind, TensorSpec, ValueKind};
+use crate::contract::{TensorPart, ValueKind};
 use crate::frontends::watch::LivePlugin;
 use serde_json::{Value as JsonValue, json};
 
@@ -15,40 +15,29 @@ fn data_type(oip: &str) -> String {
     }
 }
 
-/// One tensor of the configuration. Dims exclude the batch dimension, as Triton's do
-/// when `max_batch_size > 0`; `-1` is a free dimension. A per-example string or a tensor
-/// of any rank is declared as dims `[-1]`/`[1]` the way Triton configurations do:
-/// a string per example is `dims: [1]` reshaped to `[]`.
-fn tensor(name: &str, spec: Option<&TensorSpec>) -> JsonValue {
-    match spec {
-        Some(spec) => {
-            let dims: Vec<i64> = match &spec.shape {
-                Some(shape) => shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect(),
-                None => vec![-1],
-            };
-            json!({"name": name, "data_type": data_type(spec.dtype.oip_name()), "dims": dims})
-        }
-        None => json!({
-            "name": name,
-            "data_type": "TYPE_STRING",
-            "dims": [1],
-            "reshape": {"shape": []},
-        }),
-    }
-}
-
+/// The tensors of the configuration. Dims exclude the batch dimension, as Triton's do
+/// when `max_batch_size > 0`; `-1` is a free dimension, and a tensor of any rank is
+/// `[-1]`. A per-example string is declared the way Triton configurations do: dims
+/// `[1]` reshaped to `[]`.
 fn tensors(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
-    match kind {
-        ValueKind::Tensor(spec) => vec![tensor(unnamed, Some(spec))],
-        ValueKind::Fields { fields } => fields
-            .iter()
-            .map(|f| match &f.kind {
-                FieldKind::Tensor(spec) => tensor(&f.name, Some(spec)),
-                FieldKind::Text => tensor(&f.name, None),
-            })
-            .collect(),
-        ValueKind::Json | ValueKind::Text | ValueKind::Bytes => vec![tensor(unnamed, None)],
-    }
+    kind.tensors(unnamed)
+        .into_iter()
+        .map(|(name, part)| match part {
+            TensorPart::Tensor(spec) => {
+                let dims: Vec<i64> = match &spec.shape {
+                    Some(shape) => shape.iter().map(|d| d.map_or(-1, |d| d as i64)).collect(),
+                    None => vec![-1],
+                };
+                json!({"name": name, "data_type": data_type(spec.dtype.oip_name()), "dims": dims})
+            }
+            TensorPart::Text | TensorPart::Json | TensorPart::Bytes => json!({
+                "name": name,
+                "data_type": "TYPE_STRING",
+                "dims": [1],
+                "reshape": {"shape": []},
+            }),
+        })
+        .collect()
 }
 
 /// The model configuration of a live plugin, in Triton's JSON form.
