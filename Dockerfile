@@ -1,4 +1,5 @@
-# runinfer in a container: `runinfer serve` on 0.0.0.0:8080 (KServe's HTTP port),
+# runinfer in a container: `runinfer serve` on 0.0.0.0:8080 (KServe's HTTP port) and
+# gRPC on 8081 (KServe's gRPC port),
 # the bundled plugins baked in and compiled ahead into the image's compile cache.
 #   docker build -t runinfer .
 #   docker run -p 8080:8080 runinfer
@@ -25,6 +26,6 @@ USER runinfer
 ENV RUNINFER_CACHE_DIR=/var/cache/runinfer RUNINFER_PLUGINS=/opt/runinfer/plugins
 # Compile the bundled components now, so a container starts from the cache.
 RUN runinfer list
-EXPOSE 8080
+EXPOSE 8080 8081
 ENTRYPOINT ["runinfer"]
-CMD ["serve", "--address", "0.0.0.0", "--port", "8080"]
+CMD ["serve", "--address", "0.0.0.0", "--port", "8080", "--grpc-port", "8081"]

@@ -18,6 +18,14 @@ pub(crate) struct ServeArgs {
     /// Port to listen on (the OIP/KServe v2 HTTP default is 8000).
     #[arg(long, default_value_t = 8000)]
     pub(crate) port: u16,
+    /// Port of the OIP gRPC service (`inference.GRPCInferenceService`, Triton's
+    /// default 8001); 0 picks a free port. Defaults to 8001, or to a free port when
+    /// `--port` is 0.
+    #[arg(long)]
+    pub(crate) grpc_port: Option<u16>,
+    /// Serve HTTP only.
+    #[arg(long, conflicts_with = "grpc_port")]
+    pub(crate) no_grpc: bool,
     /// Longest a request waits for its results, in ms (a request's `timeout`
     /// parameter, in µs as in Triton, may shorten it).
     #[arg(long, default_value_t = 30_000)]
@@ -73,6 +81,38 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        let mut config = ServeConfig::default();
+        config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+        // One shutdown for both servers: each stops accepting, then finishes its
+        // requests in flight.
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|&s| s).await;
+            }
+        };
+        let grpc = match (args.no_grpc, args.grpc_port) {
+            (true, _) => None,
+            (false, port) => {
+                let port = port.unwrap_or(if args.port == 0 { 0 } else { 8001 });
+                let address = std::net::SocketAddr::new(args.address, port);
+                let listener = tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address} (gRPC)"))?;
+                eprintln!(
+                    "runinfer: OIP gRPC (inference.GRPCInferenceService) on {}",
+                    listener.local_addr()?
+                );
+                let service =
+                    runinfer::serve::grpc::service(plugins.clone(), host.clone(), config.clone());
+                Some(tokio::spawn(runinfer::serve::grpc::serve(
+                    listener,
+                    service,
+                    until_stopped(),
+                )))
+            }
+        };
         let address = std::net::SocketAddr::new(args.address, args.port);
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -82,17 +122,19 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
             root.display(),
             listener.local_addr()?
         );
-        let mut config = ServeConfig::default();
-        config.request_timeout = Duration::from_millis(args.request_timeout_ms);
         let router = runinfer::serve::router(plugins.clone(), host.clone(), config);
         let stdin_closed = stdin_eof(args.exit_on_stdin_eof);
-        let shutdown = async move {
+        tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = stdin_closed => {}
             }
-        };
-        runinfer::serve::serve(listener, router, shutdown).await?;
+            let _ = stop.send(true);
+        });
+        runinfer::serve::serve(listener, router, until_stopped()).await?;
+        if let Some(grpc) = grpc {
+            grpc.await?.context("the gRPC server failed")?;
+        }
         eprintln!("runinfer: stopped after finishing the requests in flight");
         anyhow::Ok(())
     })?;

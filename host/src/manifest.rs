@@ -73,6 +73,10 @@ pub struct Manifest {
     /// these models bound to the granted names instead of `[models]`.
     #[serde(default)]
     pub key_models: Vec<KeyModelMapping>,
+    /// Examples (a JSONL file, lines as `run` reads them) that the first instance runs
+    /// before the plugin is served, so that no request meets a cold model (Triton's
+    /// `model_warmup`). None by default.
+    pub warmup: Option<PathBuf>,
 }
 
 /// `[grants]`: access to the outside world. Nothing is granted by default.
@@ -397,6 +401,9 @@ impl Manifest {
             check_name(ns).map_err(|m| invalid("metrics_namespace", m))?;
         }
         check_relative(&self.component).map_err(|m| invalid("component", m))?;
+        if let Some(warmup) = &self.warmup {
+            check_relative(warmup).map_err(|m| invalid("warmup", m))?;
+        }
         for (name, entry) in &self.models {
             check_name(name).map_err(|m| invalid(format!("models.{name}"), m))?;
             check_relative(entry.path()).map_err(|m| invalid(format!("models.{name}"), m))?;
@@ -643,6 +650,10 @@ mod tests {
 
         let err = parse("name = \"t\"\ncomponent = \"/abs.wasm\"\n").unwrap_err();
         assert!(err.contains("`component`: expected a path inside"), "{err}");
+
+        let err =
+            parse("name = \"t\"\ncomponent = \"t.wasm\"\nwarmup = \"../w.jsonl\"\n").unwrap_err();
+        assert!(err.contains("`warmup`: expected a path inside"), "{err}");
 
         let err = parse("name = \"a b\"\ncomponent = \"t.wasm\"\n").unwrap_err();
         assert!(err.contains("`name`: expected 1-64 letters"), "{err}");

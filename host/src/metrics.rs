@@ -41,8 +41,9 @@ fn label_value(value: &str) -> String {
 
 /// The families the host records for every plugin, with their kinds: a handler's own
 /// metrics may not take these names (or any name that exposes the same samples).
-const PLUGIN_FAMILIES: [(&str, Kind); 10] = [
+const PLUGIN_FAMILIES: [(&str, Kind); 11] = [
     ("num_inferences", Kind::Counter),
+    ("cancelled_examples", Kind::Counter),
     ("failed_batches_counter", Kind::Counter),
     ("inference_request_batch_size", Kind::Histogram),
     ("inference_request_batch_byte_size", Kind::Histogram),
@@ -118,6 +119,7 @@ impl ElementTimers {
 /// latency.
 pub struct PluginMetrics {
     num_inferences: Family<ModelLabel, Counter>,
+    cancelled: Counter,
     failed_batches: Family<ModelLabel, Counter>,
     batch_size: Histograms,
     batch_byte_size: Histograms,
@@ -133,6 +135,7 @@ impl PluginMetrics {
     fn register(registry: &mut Registry) -> PluginMetrics {
         let m = PluginMetrics {
             num_inferences: Family::default(),
+            cancelled: Counter::default(),
             failed_batches: Family::default(),
             batch_size: Family::new_with_constructor(size_histogram),
             batch_byte_size: Family::new_with_constructor(bytes_histogram),
@@ -147,6 +150,11 @@ impl PluginMetrics {
             "num_inferences",
             "Examples inferred",
             m.num_inferences.clone(),
+        );
+        registry.register(
+            "cancelled_examples",
+            "Examples dropped before their batch ran because their request was cancelled, timed out or its client went away",
+            m.cancelled.clone(),
         );
         registry.register(
             "failed_batches_counter",
@@ -211,6 +219,11 @@ impl PluginMetrics {
         self.batch_latency
             .get_or_create(&l)
             .observe(latency.as_secs_f64() * 1e6);
+    }
+
+    /// `count` examples were dropped unrun: nobody waits for their results.
+    pub(crate) fn examples_cancelled(&self, count: usize) {
+        self.cancelled.inc_by(count as u64);
     }
 
     /// A batch failed.

@@ -25,6 +25,22 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Largest warm-up file: warm-up examples are a few representative requests.
+const MAX_WARMUP_BYTES: u64 = 16 << 20;
+
+/// Reads a file of at most `cap` bytes.
+fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(cap + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > cap {
+        return Err(std::io::Error::other(format!("larger than {cap} bytes")));
+    }
+    Ok(text)
+}
+
 /// Batching in force when neither the manifest nor the handler sets a value.
 pub const DEFAULT_BATCHING: Batching = Batching {
     min_batch_size: 1,
@@ -401,6 +417,50 @@ impl Plugin {
     /// A new instance of the base model set: instantiate, `init`, `load-model`.
     pub fn instantiate(&self) -> Result<HandlerInstance, PluginError> {
         self.start_instance(self.base_set().env.clone())
+    }
+
+    /// Runs the manifest's `warmup` examples on the base model set, in batches of at
+    /// most `max_batch_size`, so that its first instance has run before the plugin
+    /// is served. Returns how many examples ran; a file that cannot be read or
+    /// decoded, or a failing batch, fails the plugin's start with the reason.
+    pub fn warm_up(&self, args: &[(String, String)]) -> Result<usize, PluginError> {
+        let Some(file) = &self.manifest.warmup else {
+            return Ok(0);
+        };
+        let fail = |source| PluginError::Start {
+            plugin: self.name().to_string(),
+            stage: "warm-up",
+            source,
+        };
+        let invalid = |message: String| fail(InferenceError::new(ErrorCode::InvalidInput, message));
+        let path = self.dir.join(file);
+        let text = read_capped(&path, MAX_WARMUP_BYTES)
+            .map_err(|e| invalid(format!("{}: {e}", file.display())))?;
+        let input = &self.info().signature.inputs;
+        let mut values = Vec::new();
+        for (number, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let decoded = crate::pipeline::decode::decode_line(line, input).map_err(|e| {
+                invalid(format!(
+                    "{} line {}: {}",
+                    file.display(),
+                    number + 1,
+                    e.error.message
+                ))
+            })?;
+            values.push(decoded.value);
+        }
+        let count = values.len();
+        let set = self.base_set();
+        let size = self.batching(&BatchingConfig::default()).max_batch_size;
+        let mut values = values.into_iter().peekable();
+        while values.peek().is_some() {
+            let batch: Vec<Value> = values.by_ref().take(size.max(1)).collect();
+            self.run_batch(&set, batch, args).map_err(fail)?;
+        }
+        Ok(count)
     }
 
     /// Runs one batch on warm instances of `set` (blocking). A batch whose examples

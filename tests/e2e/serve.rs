@@ -508,3 +508,218 @@ fn shutdown_finishes_the_requests_in_flight() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("waited"), "{response}");
 }
+
+/// The server's metrics, parsed.
+fn metrics(server: &Server) -> std::collections::HashMap<String, f64> {
+    let (status, text) = server.call("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    prometheus_values(text.as_str().unwrap())
+}
+
+#[test]
+fn requests_given_up_never_reach_the_handler() {
+    let manifest = SLOW.replace("queue_size = 2", "queue_size = 8");
+    let server = Server::start(
+        &[("slow", "hostile", Some(&manifest))],
+        Duration::from_secs(30),
+    );
+    // A's two rows hold the one instance (one running, one formed ahead).
+    let addr = server.addr;
+    let a = std::thread::spawn(move || {
+        let body = infer_body("BYTES", &[2], json!(["wait", "wait"]));
+        call(addr, "POST", "/v2/models/slow/infer", Some(&body))
+    });
+    server.wait_for("slow", "took A's rows", |l| l.batches == 2);
+    // B's rows are queued behind A's, and B times out: they are dropped unrun.
+    let mut b = infer_body("BYTES", &[2], json!(["metric-ok", "metric-ok"]));
+    b["parameters"] = json!({"timeout": 20_000});
+    let (status, err) = server.call("POST", "/v2/models/slow/infer", Some(&b));
+    assert_eq!(status, 503, "{err}");
+    // C's client goes away while its row is queued.
+    let body = infer_body("BYTES", &[1], json!(["metric-ok"])).to_string();
+    let mut c = TcpStream::connect(server.addr).unwrap();
+    write!(
+        c,
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    server.wait_for("slow", "queued B's and C's rows", |l| l.queued == 3);
+    drop(c);
+    server.signal();
+    let (status, out) = a.join().unwrap();
+    assert_eq!(status, 200, "{out}");
+    // The rows given up are counted once the batcher reaches them, and no handler
+    // ran them: `metric-ok` would have counted a misdeed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let values = metrics(&server);
+        let cancelled = values.get("slow_cancelled_examples_total").copied();
+        if cancelled == Some(3.0) {
+            assert!(
+                !values.keys().any(|k| k.contains("misdeeds")),
+                "a cancelled row ran: {values:?}"
+            );
+            let ran: f64 = values
+                .iter()
+                .filter(|(k, _)| k.starts_with("slow_num_inferences_total"))
+                .map(|(_, v)| v)
+                .sum();
+            assert_eq!(ran, 2.0, "{values:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cancelled rows not counted: {cancelled:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.stop();
+}
+
+const KEYED: &str = "name = \"keyed\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/tiny_mlp.onnx\"\n[[key_models]]\nkeys = [\"de\", 7]\nmodels = { model = \"models/tiny_mlp_v2.onnx\" }\n";
+
+#[test]
+fn a_request_key_chooses_the_model_set() {
+    let server = Server::start(
+        &[("keyed", "onnx-tensor", Some(KEYED))],
+        Duration::from_secs(30),
+    );
+    let base = read_jsonl("tests/golden/tiny_mlp.jsonl");
+    let v2 = read_jsonl("tests/golden/tiny_mlp_v2.jsonl");
+    for (key, golden, file) in [
+        (None, &base, "tiny_mlp.onnx"),
+        (Some(json!("de")), &v2, "tiny_mlp_v2.onnx"),
+        (Some(json!(7)), &v2, "tiny_mlp_v2.onnx"),
+        (Some(json!("fr")), &base, "tiny_mlp.onnx"),
+    ] {
+        let mut body = infer_body("FP32", &[1, 2, 3], json!([v2[3]["example"]]));
+        if let Some(key) = &key {
+            body["parameters"] = json!({"key": key});
+        }
+        let (status, out) = server.call("POST", "/v2/models/keyed/infer", Some(&body));
+        assert_eq!(status, 200, "{out}");
+        let model_id = out["parameters"]["model_id"].as_str().unwrap();
+        assert!(
+            model_id.starts_with(&format!("models/{file}@")),
+            "{key:?}: {model_id}"
+        );
+        let logits = out["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == "logits")
+            .unwrap();
+        // Both goldens hold the same examples; only the model differs.
+        assert_eq!(golden[3]["example"], v2[3]["example"]);
+        assert_all_close(&logits["data"], &golden[3]["logits"], 1e-5, "logits");
+    }
+    let mut body = infer_body("FP32", &[1, 2, 3], json!([v2[3]["example"]]));
+    body["parameters"] = json!({"key": [1]});
+    let (status, err) = server.call("POST", "/v2/models/keyed/infer", Some(&body));
+    assert_eq!(status, 400, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("string or an integer")
+    );
+    server.stop();
+}
+
+#[test]
+fn repository_load_unload_and_warm_up() {
+    let warm = "name = \"warm\"\ncomponent = \"hostile.wasm\"\nwarmup = \"signal/warmup.jsonl\"\n";
+    let server = Server::start(
+        &[("iris", "iris", None), ("warm", "hostile", Some(warm))],
+        Duration::from_secs(30),
+    );
+    // No warm-up file yet: the plugin failed, with the reason, and is not ready.
+    let (_, index) = server.call("POST", "/v2/repository/index", None);
+    assert_eq!(
+        index[0],
+        json!({"name": "iris", "version": "1", "state": "READY", "reason": ""})
+    );
+    assert_eq!(index[1]["state"], "UNAVAILABLE", "{index}");
+    assert!(
+        index[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("warm-up failed"),
+        "{index}"
+    );
+    let (status, _) = server.call("GET", "/v2/models/warm/ready", None);
+    assert_eq!(status, 404);
+    let (_, ready) = server.call(
+        "POST",
+        "/v2/repository/index",
+        Some(&json!({"ready": true})),
+    );
+    assert_eq!(ready.as_array().unwrap().len(), 1, "{ready}");
+
+    // A warm-up example that fails: load reports why.
+    std::fs::write(
+        server.signal_dir("warm").join("warmup.jsonl"),
+        "\"panic\"\n",
+    )
+    .unwrap();
+    let (status, err) = server.call("POST", "/v2/repository/models/warm/load", None);
+    assert_eq!(status, 400, "{err}");
+    let reason = err["error"].as_str().unwrap();
+    assert!(
+        reason.contains("warm-up failed") && reason.contains("panic"),
+        "{reason}"
+    );
+
+    // Warm-up examples run before the plugin is ready: the handler's metric counts
+    // them before any request.
+    std::fs::write(
+        server.signal_dir("warm").join("warmup.jsonl"),
+        "\"metric-ok\"\n\n\"metric-ok\"\n",
+    )
+    .unwrap();
+    let (status, out) = server.call("POST", "/v2/repository/models/warm/load", None);
+    assert_eq!(status, 200, "{out}");
+    let (status, _) = server.call("GET", "/v2/models/warm/ready", None);
+    assert_eq!(status, 200);
+    let misdeeds: f64 = metrics(&server)
+        .iter()
+        .filter(|(k, _)| k.ends_with("_misdeeds_total"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(misdeeds, 2.0);
+
+    // Unload drains and stays unloaded (a rescan leaves it alone) until loaded.
+    let (status, _) = server.call("POST", "/v2/repository/models/iris/unload", None);
+    assert_eq!(status, 200);
+    server.root.rescan();
+    let (status, err) = server.call(
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&infer_body("FP32", &[1, 4], json!([5.1, 3.5, 1.4, 0.2]))),
+    );
+    assert_eq!(status, 404, "{err}");
+    let (_, index) = server.call("POST", "/v2/repository/index", None);
+    assert_eq!(
+        index[0],
+        json!({"name": "iris", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"})
+    );
+    let (status, _) = server.call("POST", "/v2/repository/models/iris/load", None);
+    assert_eq!(status, 200);
+    let (status, out) = server.call(
+        "POST",
+        "/v2/models/iris/infer",
+        Some(&infer_body("FP32", &[1, 4], json!([5.1, 3.5, 1.4, 0.2]))),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["outputs"][0]["data"], json!(["setosa"]));
+
+    for path in [
+        "/v2/repository/models/nope/load",
+        "/v2/repository/models/nope/unload",
+    ] {
+        let (status, err) = server.call("POST", path, None);
+        assert_eq!(status, 404, "{path}: {err}");
+    }
+    server.stop();
+}

@@ -1,11 +1,12 @@
-"""Drives `runinfer serve` with Triton's `tritonclient[http]` on a model of three named
-inputs, as a client that reads the model metadata first: it sends one input per
-name the metadata declares (INT64, in the JSON and the binary tensor form), asks for
+"""Drives `runinfer serve` with Triton's `tritonclient[http]` (or `tritonclient[grpc]`
+when the address is `grpc://HOST:PORT`) on a model of three named inputs, as a client
+that reads the model metadata first: it sends one input per name the metadata
+declares (INT64; over HTTP in the JSON and the binary tensor form), asks for
 every declared output, checks each returned output against its declaration and
 every number against onnxruntime's (tests/python/ort_reference.py). Exits non-zero
 with the reason on the first mismatch.
 
-    usage: python multi_input_client.py HOST:PORT REPO_ROOT EXAMPLES.jsonl REFERENCE.jsonl MODEL...
+    usage: python multi_input_client.py HOST:PORT|grpc://HOST:PORT REPO_ROOT EXAMPLES.jsonl REFERENCE.jsonl MODEL...
 """
 
 import json
@@ -13,6 +14,7 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
@@ -56,9 +58,18 @@ def main():
     for i, example in enumerate(examples):
         by_length[len(example["input_ids"])].append(i)
 
-    client = httpclient.InferenceServerClient(url=url)
+    grpc = url.startswith("grpc://")
+    protocol = grpcclient if grpc else httpclient
+    client = protocol.InferenceServerClient(url=url.removeprefix("grpc://"))
     for model in models:
-        meta = client.get_model_metadata(model)
+        if grpc:
+            meta = client.get_model_metadata(model, as_json=True)
+            # Protobuf's JSON writes 64-bit integers as strings.
+            for tensor in meta["inputs"] + meta["outputs"]:
+                tensor["shape"] = [int(d) for d in tensor["shape"]]
+            meta = {"inputs": meta["inputs"], "outputs": meta["outputs"]}
+        else:
+            meta = client.get_model_metadata(model)
         check(
             meta["inputs"]
             == [{"name": n, "datatype": "INT64", "shape": [-1, -1]} for n in ("input_ids", "attention_mask", "token_type_ids")],
@@ -73,30 +84,43 @@ def main():
             f"{model} outputs: {meta}",
         )
         rows = 0
+        encodings = (True,) if grpc else (True, False)
         for indices in by_length.values():
-            for binary in (True, False):
+            for binary in encodings:
                 inputs = []
                 for declared in meta["inputs"]:
                     data = np.array([examples[i][declared["name"]] for i in indices], dtype=DTYPES[declared["datatype"]])
-                    inp = httpclient.InferInput(declared["name"], list(data.shape), declared["datatype"])
-                    inp.set_data_from_numpy(data, binary_data=binary)
+                    inp = protocol.InferInput(declared["name"], list(data.shape), declared["datatype"])
+                    if grpc:
+                        inp.set_data_from_numpy(data)
+                    else:
+                        inp.set_data_from_numpy(data, binary_data=binary)
                     inputs.append(inp)
-                wanted = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in meta["outputs"]]
-                result = client.infer(model, inputs, outputs=wanted)
-                for o, declared in zip(result.get_response()["outputs"], meta["outputs"], strict=True):
+                if grpc:
+                    wanted = [grpcclient.InferRequestedOutput(o["name"]) for o in meta["outputs"]]
+                    result = client.infer(model, inputs, outputs=wanted)
+                    returned = [
+                        {"name": o.name, "datatype": o.datatype, "shape": list(o.shape)}
+                        for o in result.get_response().outputs
+                    ]
+                else:
+                    wanted = [httpclient.InferRequestedOutput(o["name"], binary_data=binary) for o in meta["outputs"]]
+                    result = client.infer(model, inputs, outputs=wanted)
+                    returned = result.get_response()["outputs"]
+                for o, declared in zip(returned, meta["outputs"], strict=True):
                     check(o["name"] == declared["name"] and o["datatype"] == declared["datatype"], f"{o} vs {declared}")
                     check(fits(o["shape"], declared["shape"]), f"{model} {o['name']} shape {o['shape']} vs {declared}")
                 got = {o["name"]: result.as_numpy(o["name"]) for o in meta["outputs"]}
                 masks = np.array([examples[i]["attention_mask"] for i in indices])
                 compare(model, got, [reference[i] for i in indices], masks)
                 rows += len(indices)
-        check(rows == 2 * len(examples), f"{model}: {rows} rows")
-        print(f"{model}: {len(examples)} examples x 2 encodings match onnxruntime")
+        check(rows == len(encodings) * len(examples), f"{model}: {rows} rows")
+        print(f"{model}: {len(examples)} examples x {len(encodings)} encodings match onnxruntime")
 
         # A missing input and inputs of different row counts are refused, naming why.
-        ids = httpclient.InferInput("input_ids", [1, 3], "INT64")
+        ids = protocol.InferInput("input_ids", [1, 3], "INT64")
         ids.set_data_from_numpy(np.array([[101, 2000, 102]], dtype=np.int64))
-        mask = httpclient.InferInput("attention_mask", [2, 3], "INT64")
+        mask = protocol.InferInput("attention_mask", [2, 3], "INT64")
         mask.set_data_from_numpy(np.ones((2, 3), dtype=np.int64))
         for inputs, why in (
             ([ids], "input 'attention_mask' is missing"),
@@ -106,7 +130,8 @@ def main():
                 client.infer(model, inputs)
                 check(False, f"{model}: {why} must fail")
             except InferenceServerException as e:
-                check(why in e.message() and e.status() == "400", f"{model}: {e}")
+                status = "StatusCode.INVALID_ARGUMENT" if grpc else "400"
+                check(why in e.message() and e.status() == status, f"{model}: {e}")
     print("ok")
 
 

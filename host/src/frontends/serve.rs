@@ -22,6 +22,7 @@ use serde_json::{Value as JsonValue, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod grpc;
 mod triton;
 
 /// How the server behaves.
@@ -31,12 +32,15 @@ pub struct ServeConfig {
     /// Longest a request waits for its results; a request's `timeout` parameter
     /// (microseconds, as in Triton) may shorten it.
     pub request_timeout: Duration,
+    /// Largest request body (HTTP) or message (gRPC) accepted.
+    pub max_request_bytes: usize,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             request_timeout: Duration::from_secs(30),
+            max_request_bytes: 64 << 20,
         }
     }
 }
@@ -49,6 +53,7 @@ struct AppState {
 
 /// The HTTP routes of the server.
 pub fn router(root: Arc<PluginRoot>, host: Host, config: ServeConfig) -> Router {
+    let body_limit = axum::extract::DefaultBodyLimit::max(config.max_request_bytes);
     let state = Arc::new(AppState { root, host, config });
     Router::new()
         .route(
@@ -83,6 +88,12 @@ pub fn router(root: Arc<PluginRoot>, host: Host, config: ServeConfig) -> Router 
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{name}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{name}/unload",
+            post(repository_unload),
+        )
         .route("/metrics", get(metrics))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError(StatusCode::NOT_FOUND, format!("no such route: {uri}"))
@@ -93,6 +104,7 @@ pub fn router(root: Arc<PluginRoot>, host: Host, config: ServeConfig) -> Router 
                 format!("{method} is not allowed here"),
             )
         })
+        .layer(body_limit)
         .with_state(state)
 }
 
@@ -142,11 +154,20 @@ async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// Triton's protocol extensions served, over HTTP and gRPC.
+const EXTENSIONS: [&str; 5] = [
+    "binary_tensor_data",
+    "parameters",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+];
+
 async fn server_metadata() -> Json<JsonValue> {
     Json(json!({
         "name": "runinfer",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration", "statistics"],
+        "extensions": EXTENSIONS,
     }))
 }
 
@@ -167,28 +188,58 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// named fields.
 const UNNAMED: [&str; 2] = ["input", "output"];
 
-/// `{"name", "datatype", "shape"}` entries for what a signature declares: one per
-/// field, or one named `unnamed`. Shapes carry the batch dimension (-1) first.
-fn tensor_metadata(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
-    // What a BYTES tensor holds, as MLServer's metadata says it: strings (`str`), JSON
-    // text (`json`; bytes inferences are `{"base64": ...}` objects), raw bytes (inputs).
-    let bytes = |name: &str, content: &str| json!({"name": name, "datatype": "BYTES", "shape": [-1], "parameters": {"content_type": content}});
+/// One input or output in a model's metadata.
+struct MetadataTensor {
+    name: String,
+    datatype: &'static str,
+    /// With the batch dimension (-1) first.
+    shape: Vec<i64>,
+    /// What a BYTES tensor holds, as MLServer's metadata says it: strings (`str`),
+    /// JSON text (`json`; bytes inferences are `{"base64": ...}` objects), raw bytes.
+    content_type: Option<&'static str>,
+}
+
+/// The tensors a signature declares: one per field, or one named `unnamed`.
+fn metadata_tensors(kind: &ValueKind, unnamed: &str) -> Vec<MetadataTensor> {
+    let bytes = |name: &str, content: &'static str| MetadataTensor {
+        name: name.to_string(),
+        datatype: "BYTES",
+        shape: vec![-1],
+        content_type: Some(content),
+    };
     kind.tensors(unnamed)
         .into_iter()
         .map(|(name, part)| match part {
             TensorPart::Tensor(spec) => {
-                let mut dims = vec![json!(-1)];
+                let mut shape = vec![-1];
                 match &spec.shape {
-                    Some(shape) => {
-                        dims.extend(shape.iter().map(|d| d.map_or(json!(-1), |d| json!(d))))
-                    }
-                    None => dims.push(json!(-1)),
+                    Some(dims) => shape.extend(dims.iter().map(|d| d.map_or(-1, |d| d as i64))),
+                    None => shape.push(-1),
                 }
-                json!({"name": name, "datatype": spec.dtype.oip_name(), "shape": dims})
+                MetadataTensor {
+                    name: name.to_string(),
+                    datatype: spec.dtype.oip_name(),
+                    shape,
+                    content_type: None,
+                }
             }
             TensorPart::Text => bytes(name, "str"),
             TensorPart::Bytes if unnamed == UNNAMED[0] => bytes(name, "bytes"),
             TensorPart::Json | TensorPart::Bytes => bytes(name, "json"),
+        })
+        .collect()
+}
+
+/// `{"name", "datatype", "shape"}` entries (with `parameters.content_type` for BYTES).
+fn tensor_metadata(kind: &ValueKind, unnamed: &str) -> Vec<JsonValue> {
+    metadata_tensors(kind, unnamed)
+        .into_iter()
+        .map(|t| {
+            let mut tensor = json!({"name": t.name, "datatype": t.datatype, "shape": t.shape});
+            if let Some(content) = t.content_type {
+                tensor["parameters"] = json!({"content_type": content});
+            }
+            tensor
         })
         .collect()
 }
@@ -271,6 +322,107 @@ async fn model_ready_version(
 ) -> ApiResult {
     live(&state, &name, Some(&version))?;
     Ok(Json(json!({"name": name, "ready": true})).into_response())
+}
+
+/// Triton's repository index: every plugin directory, `READY` or `UNAVAILABLE` with
+/// the reason. With `{"ready": true}`, only the ready ones.
+async fn repository_index(
+    State(state): State<Arc<AppState>>,
+    body: axum::body::Bytes,
+) -> ApiResult {
+    let ready_only = if body.iter().all(u8::is_ascii_whitespace) {
+        false
+    } else {
+        let request: JsonValue = serde_json::from_slice(&body)
+            .map_err(|e| bad_request(format!("malformed request: {e}")))?;
+        request
+            .get("ready")
+            .and_then(JsonValue::as_bool)
+            .unwrap_or(false)
+    };
+    let entries: Vec<JsonValue> = repository_entries(&state.root)
+        .into_iter()
+        .filter(|e| !ready_only || e.ready)
+        .map(
+            |e| json!({"name": e.name, "version": VERSION, "state": e.state(), "reason": e.reason}),
+        )
+        .collect();
+    Ok(Json(entries).into_response())
+}
+
+/// One plugin directory in the repository index.
+struct RepositoryEntry {
+    name: String,
+    ready: bool,
+    reason: String,
+}
+
+impl RepositoryEntry {
+    fn state(&self) -> &'static str {
+        if self.ready { "READY" } else { "UNAVAILABLE" }
+    }
+}
+
+fn repository_entries(root: &PluginRoot) -> Vec<RepositoryEntry> {
+    use crate::frontends::watch::PluginStatus;
+    root.index()
+        .into_iter()
+        .map(|(name, status)| {
+            let (ready, reason) = match status {
+                PluginStatus::Live { .. } => (true, String::new()),
+                PluginStatus::Failed {
+                    previous_live: true,
+                    reason,
+                } => (true, format!("a new version failed to load: {reason}")),
+                PluginStatus::Failed { reason, .. } => (false, reason),
+                PluginStatus::Unloaded => (false, "unloaded".into()),
+            };
+            RepositoryEntry {
+                name,
+                ready,
+                reason,
+            }
+        })
+        .collect()
+}
+
+fn repository_error(error: crate::frontends::watch::RepositoryError) -> ApiError {
+    use crate::frontends::watch::RepositoryError;
+    match error {
+        RepositoryError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+        RepositoryError::Failed(m) => {
+            ApiError(StatusCode::BAD_REQUEST, format!("failed to load: {m}"))
+        }
+    }
+}
+
+/// Loads a plugin directory now (compiling and loading models on a blocking thread).
+async fn load_plugin(root: Arc<PluginRoot>, name: String) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(move || root.load(&name))
+        .await
+        .map_err(|e| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("load stopped: {e}"),
+            )
+        })?
+        .map_err(repository_error)
+}
+
+async fn repository_load(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    load_plugin(state.root.clone(), name).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn repository_unload(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    state.root.unload(&name).map_err(repository_error)?;
+    Ok(Json(json!({})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -866,21 +1018,50 @@ async fn run_infer(
         capacity,
         name,
     )?;
+    let key = request_key(request.parameters.get("key"))?;
+    let timeout = request
+        .parameters
+        .get("timeout")
+        .and_then(JsonValue::as_u64)
+        .map(Duration::from_micros);
+    let (outputs, model_id) = infer_examples(state, &live, key.as_ref(), timeout, examples).await?;
+    respond(&request, name, model_id, outputs)
+}
+
+/// A request's `key` parameter, which chooses the model set (`[[key_models]]`) as a
+/// keyed JSONL line's key does: a string or an integer.
+fn request_key(key: Option<&JsonValue>) -> Result<Option<JsonValue>, ApiError> {
+    match key {
+        None | Some(JsonValue::Null) => Ok(None),
+        Some(key @ JsonValue::String(_)) => Ok(Some(key.clone())),
+        Some(key @ JsonValue::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(key.clone())),
+        Some(_) => Err(bad_request(
+            "parameter 'key' must be a string or an integer",
+        )),
+    }
+}
+
+/// Runs a request's examples through the plugin's queue and batcher (shared with
+/// every other request) and gathers the outputs the signature declares, with the ids
+/// of the models that served them. The request waits at most the plugin's (or the
+/// server's) timeout, or the client's `timeout` if shorter; past it, or when the
+/// caller stops waiting, its examples still queued are dropped.
+async fn infer_examples(
+    state: &AppState,
+    live: &LivePlugin,
+    key: Option<&JsonValue>,
+    client_timeout: Option<Duration>,
+    examples: Vec<Value>,
+) -> Result<(Vec<OutputTensor>, Option<String>), ApiError> {
+    let name = live.plugin.name();
     let limit = live
         .plugin
         .manifest()
         .limits
         .request_timeout_ms
         .map_or(state.config.request_timeout, Duration::from_millis);
-    let timeout = match request
-        .parameters
-        .get("timeout")
-        .and_then(JsonValue::as_u64)
-    {
-        Some(micros) => limit.min(Duration::from_micros(micros)),
-        None => limit,
-    };
-    let replies = live.dispatcher.try_submit_all(examples).map_err(|full| {
+    let timeout = client_timeout.map_or(limit, |t| t.min(limit));
+    let replies = live.dispatcher.try_submit_all(key, examples).map_err(|full| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -914,10 +1095,10 @@ async fn run_infer(
             };
             Err(ApiError(status, error.to_string()))
         }
-        Ok(Ok((values, model_id))) => {
-            let outputs = outputs(values, &live.plugin.info().signature.outputs)?;
-            respond(&request, name, model_id, outputs)
-        }
+        Ok(Ok((values, model_id))) => Ok((
+            outputs(values, &live.plugin.info().signature.outputs)?,
+            model_id,
+        )),
     }
 }
 

@@ -76,6 +76,8 @@ pub enum PluginStatus {
         /// Whether an older version keeps serving.
         previous_live: bool,
     },
+    /// Unloaded on request ([`PluginRoot::unload`]) until loaded again.
+    Unloaded,
 }
 
 /// The plugins of a plugin root.
@@ -85,6 +87,11 @@ pub struct PluginRoot {
     options: Box<dyn Fn(&Plugin) -> DispatchOptions + Send + Sync>,
     live: RwLock<BTreeMap<String, Arc<LivePlugin>>>,
     failed: Mutex<BTreeMap<String, (String, Fingerprint)>>,
+    /// Directories unloaded on request: rescans leave them alone until loaded again.
+    unloaded: Mutex<std::collections::BTreeSet<String>>,
+    /// Held while the live set changes, so a rescan and a repository call never
+    /// load the same directory at once.
+    changing: Mutex<()>,
     failures: prometheus_client::metrics::counter::Counter,
     refresh_failures: prometheus_client::metrics::counter::Counter,
 }
@@ -103,6 +110,8 @@ impl PluginRoot {
             options: Box::new(options),
             live: RwLock::new(BTreeMap::new()),
             failed: Mutex::new(BTreeMap::new()),
+            unloaded: Mutex::new(Default::default()),
+            changing: Mutex::new(()),
             failures,
             refresh_failures,
         });
@@ -141,6 +150,14 @@ impl PluginRoot {
                 (name.clone(), PluginStatus::Live { model_id })
             })
             .collect();
+        for name in self
+            .unloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            status.insert(name.clone(), PluginStatus::Unloaded);
+        }
         for (name, (reason, _)) in self.failed.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let previous_live = status.contains_key(name);
             status.insert(
@@ -156,6 +173,7 @@ impl PluginRoot {
 
     /// Brings the live set in step with the files (see the module docs).
     pub fn rescan(&self) {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         let dirs = plugin_dirs(&self.root);
         let names: Vec<String> = dirs
             .iter()
@@ -181,6 +199,9 @@ impl PluginRoot {
             .retain(|n, _| names.contains(n));
 
         for (dir, name) in dirs.iter().zip(&names) {
+            if self.is_unloaded(name) {
+                continue;
+            }
             let print = fingerprint(dir);
             let current = self.get(name);
             let unchanged = current.as_ref().is_some_and(|l| l.fingerprint == print);
@@ -196,56 +217,147 @@ impl PluginRoot {
                 .unwrap_or_else(|e| e.into_inner())
                 .get(name)
                 .is_some_and(|(_, f)| *f == print);
-            if known_failure {
-                continue;
-            }
-            let started = self
-                .host
-                .load_plugin(dir)
-                // Engines' errors quote names from the tenant's model file.
-                .map_err(|e| crate::untrusted::escape_control(&e.to_string()).into_owned())
-                .and_then(|plugin| {
-                    let plugin = Arc::new(plugin);
-                    Dispatcher::new(plugin.clone(), (self.options)(&plugin))
-                        .map(|dispatcher| (plugin, dispatcher))
-                        .map_err(|e| {
-                            format!("plugin `{name}`: cannot start its worker threads: {e}")
-                        })
-                });
-            match started {
-                Ok((plugin, dispatcher)) => {
-                    let new = Arc::new(LivePlugin {
-                        plugin,
-                        dispatcher,
-                        fingerprint: print,
-                    });
-                    let old = self
-                        .live
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.clone(), new);
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(name);
-                    match old {
-                        Some(old) => {
-                            tracing::info!(plugin = %name, "plugin replaced; draining the old version");
-                            old.dispatcher.close();
-                        }
-                        None => tracing::info!(plugin = %name, "plugin loaded"),
-                    }
-                }
-                Err(reason) => {
-                    self.failures.inc();
-                    tracing::error!(plugin = %name, error = %reason, "plugin failed to load; skipped");
-                    self.failed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(name.clone(), (reason, print));
-                }
+            if !known_failure {
+                let _ = self.start(dir, name, print);
             }
         }
+    }
+
+    fn is_unloaded(&self, name: &str) -> bool {
+        self.unloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+
+    /// Loads the directory `name` of the root, warms it up and swaps it in; on failure
+    /// records (and returns) the reason, and what was live stays live.
+    fn start(&self, dir: &Path, name: &str, print: Fingerprint) -> Result<(), String> {
+        let started = self
+            .host
+            .load_plugin(dir)
+            .and_then(|plugin| {
+                let options = (self.options)(&plugin);
+                let warmed = plugin.warm_up(&options.inference_args)?;
+                if warmed > 0 {
+                    tracing::info!(plugin = %name, examples = warmed, "warm-up done");
+                }
+                Ok((plugin, options))
+            })
+            // Engines' errors quote names from the tenant's model file.
+            .map_err(|e| crate::untrusted::escape_control(&e.to_string()).into_owned())
+            .and_then(|(plugin, options)| {
+                let plugin = Arc::new(plugin);
+                Dispatcher::new(plugin.clone(), options)
+                    .map(|dispatcher| (plugin, dispatcher))
+                    .map_err(|e| format!("plugin `{name}`: cannot start its worker threads: {e}"))
+            });
+        match started {
+            Ok((plugin, dispatcher)) => {
+                let new = Arc::new(LivePlugin {
+                    plugin,
+                    dispatcher,
+                    fingerprint: print,
+                });
+                let old = self
+                    .live
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), new);
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name);
+                match old {
+                    Some(old) => {
+                        tracing::info!(plugin = %name, "plugin replaced; draining the old version");
+                        old.dispatcher.close();
+                    }
+                    None => tracing::info!(plugin = %name, "plugin loaded"),
+                }
+                Ok(())
+            }
+            Err(reason) => {
+                self.failures.inc();
+                tracing::error!(plugin = %name, error = %reason, "plugin failed to load; skipped");
+                self.failed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(name.to_string(), (reason.clone(), print));
+                Err(reason)
+            }
+        }
+    }
+
+    /// The plugin directory `name` of the root, if there is one.
+    fn dir_of(&self, name: &str) -> Result<PathBuf, RepositoryError> {
+        plugin_dirs(&self.root)
+            .into_iter()
+            .find(|d| d.file_name().is_some_and(|n| n == name))
+            .ok_or_else(|| {
+                RepositoryError::NotFound(format!(
+                    "no plugin directory '{}' in the plugin root",
+                    crate::untrusted::guest_text(name)
+                ))
+            })
+    }
+
+    /// Loads (or reloads) the plugin directory `name` now, as Triton's repository
+    /// `load` does: a new version is swapped in only if it loads and warms up, and a
+    /// plugin unloaded on request is watched again. Blocking (compiles, loads models).
+    pub fn load(&self, name: &str) -> Result<(), RepositoryError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let dir = self.dir_of(name)?;
+        self.unloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        self.start(&dir, name, fingerprint(&dir))
+            .map_err(RepositoryError::Failed)
+    }
+
+    /// Unloads the plugin `name` as Triton's repository `unload` does: it stops taking
+    /// requests, its queued and running examples finish (as when its directory is
+    /// removed), and rescans leave it unloaded until [`PluginRoot::load`].
+    pub fn unload(&self, name: &str) -> Result<(), RepositoryError> {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let old = self
+            .live
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if old.is_none() {
+            self.dir_of(name)?;
+        }
+        self.unloaded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string());
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        if let Some(old) = old {
+            tracing::info!(plugin = %name, "plugin unloaded on request; draining");
+            old.dispatcher.close();
+        }
+        Ok(())
+    }
+
+    /// Every plugin directory of the root with its state (Triton's repository index).
+    pub fn index(&self) -> Vec<(String, PluginStatus)> {
+        let mut status = self.status();
+        plugin_dirs(&self.root)
+            .iter()
+            .filter_map(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .map(|name| {
+                let state = status.remove(&name).unwrap_or(PluginStatus::Failed {
+                    reason: "not loaded yet".into(),
+                    previous_live: false,
+                });
+                (name, state)
+            })
+            .collect()
     }
 
     fn refresh(&self, name: &str, live: &LivePlugin) {
@@ -285,6 +397,17 @@ impl PluginRoot {
             .expect("cannot start the watch thread");
         Ok(WatchHandle { _watcher: watcher })
     }
+}
+
+/// A repository call that could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum RepositoryError {
+    /// No such plugin directory.
+    #[error("{0}")]
+    NotFound(String),
+    /// The plugin failed to load; the reason.
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// Keeps a [`PluginRoot::watch`] running.

@@ -54,6 +54,15 @@ struct Job {
     reply: oneshot::Sender<Result<Output, Failure>>,
 }
 
+/// Drops the examples whose submitter stopped waiting (an HTTP client that went away,
+/// a cancelled gRPC call, a request past its timeout: each drops its replies), so
+/// they never reach a handler. Returns how many were dropped.
+fn drop_abandoned(batch: &mut Vec<Queued<Job>>) -> usize {
+    let before = batch.len();
+    batch.retain(|queued| !queued.item.reply.is_closed());
+    before - batch.len()
+}
+
 /// Options of a dispatcher.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -289,10 +298,15 @@ impl Dispatcher {
         receiver
     }
 
-    /// Queues unkeyed examples only if their queue has room for all of them: a full
-    /// queue is refused at once, with nothing queued (backpressure for serving).
-    pub fn try_submit_all(self: &Arc<Self>, values: Vec<Value>) -> Result<Vec<Reply>, QueueFull> {
-        let sender = self.queue(self.plugin.route(None));
+    /// Queues examples (of one key, which chooses their model set) only if their queue
+    /// has room for all of them: a full queue is refused at once, with nothing queued
+    /// (backpressure for serving).
+    pub fn try_submit_all(
+        self: &Arc<Self>,
+        key: Option<&serde_json::Value>,
+        values: Vec<Value>,
+    ) -> Result<Vec<Reply>, QueueFull> {
+        let sender = self.queue(self.plugin.route(key));
         let permits = sender
             .try_reserve_many(values.len())
             .map_err(|_| QueueFull {
@@ -330,6 +344,7 @@ impl Dispatcher {
                     self.options.policy,
                     self.permits.clone(),
                     self.work.clone(),
+                    self.plugin.clone(),
                 ));
                 tx
             })
@@ -362,15 +377,25 @@ async fn batcher(
     policy: BatchPolicy,
     permits: Arc<Semaphore>,
     work: std::sync::mpsc::Sender<Work>,
+    plugin: Arc<Plugin>,
 ) {
     let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
-        let Some(batch) = next_batch(&mut rx, &policy, target).await else {
-            return;
+        let batch = loop {
+            let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
+            let Some(mut batch) = next_batch(&mut rx, &policy, target).await else {
+                return;
+            };
+            let dropped = drop_abandoned(&mut batch);
+            if dropped > 0 {
+                plugin.metrics().examples_cancelled(dropped);
+            }
+            if !batch.is_empty() {
+                break batch;
+            }
         };
         let item = Work {
             route,
@@ -403,11 +428,19 @@ impl WorkerContext {
     fn execute(&self, work: Work) {
         let Work {
             route,
-            batch,
+            mut batch,
             sizer,
             _permit,
         } = work;
         let metrics = self.plugin.metrics();
+        // Formed batches may wait for a worker: drop again what was given up meanwhile.
+        let dropped = drop_abandoned(&mut batch);
+        if dropped > 0 {
+            metrics.examples_cancelled(dropped);
+            if batch.is_empty() {
+                return;
+            }
+        }
         let started = Instant::now();
         let size = batch.len();
         let mut values = Vec::with_capacity(size);

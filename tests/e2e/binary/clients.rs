@@ -1,5 +1,5 @@
 //! `runinfer serve` as a process, driven by clients nobody here wrote: Triton's
-//! `tritonclient[http]` and `prometheus_client`'s parser (tests/python/oip_client.py,
+//! `tritonclient[http]` and `tritonclient[grpc]`, and `prometheus_client`'s parser (tests/python/oip_client.py,
 //! in a venv that scripts/python-env.sh installs from PyPI). Then SIGTERM.
 
 use super::{python_env, root, runinfer};
@@ -16,6 +16,8 @@ fn client_python() -> PathBuf {
 struct Server {
     child: std::process::Child,
     address: String,
+    /// Where the OIP gRPC service listens.
+    grpc: String,
     log: String,
     drain: std::thread::JoinHandle<String>,
 }
@@ -28,9 +30,11 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // "runinfer: OIP gRPC (...) on 127.0.0.1:PORT", then
         // "runinfer: serving <root> on http://127.0.0.1:PORT"
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let mut log = String::new();
+        let mut grpc = None;
         let address = loop {
             let mut line = String::new();
             if stderr.read_line(&mut line).unwrap() == 0 {
@@ -40,7 +44,11 @@ impl Server {
             if let Some((_, address)) = line.trim().rsplit_once(" on http://") {
                 break address.to_string();
             }
+            if line.contains("OIP gRPC") {
+                grpc = line.trim().rsplit_once(" on ").map(|(_, a)| a.to_string());
+            }
         };
+        let grpc = grpc.unwrap_or_else(|| panic!("no gRPC address in:\n{log}"));
         let drain = std::thread::spawn(move || {
             let mut rest = String::new();
             let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
@@ -49,6 +57,7 @@ impl Server {
         Server {
             child,
             address,
+            grpc,
             log,
             drain,
         }
@@ -63,23 +72,40 @@ impl Server {
 
     /// [`Server::run_client`] with more arguments for the script.
     fn run_client_with(self, script: &str, extra: &[&std::ffi::OsStr]) -> (String, String) {
-        let client = Command::new(client_python())
-            .arg(root().join(script))
-            .arg(&self.address)
-            .arg(root())
-            .args(extra)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
+        let address = self.address.clone();
+        self.run_clients(&[(script, address.as_str(), extra)])
+    }
+
+    /// Runs client scripts one after the other, each with its address (HTTP or
+    /// gRPC), the repository root and its arguments, then stops the server; each
+    /// must succeed and end with "ok". Returns what they printed and the server's log.
+    fn run_clients(self, clients: &[(&str, &str, &[&std::ffi::OsStr])]) -> (String, String) {
+        let mut printed = String::new();
+        let mut failed = None;
+        for (script, address, extra) in clients {
+            let client = Command::new(client_python())
+                .arg(root().join(script))
+                .arg(address)
+                .arg(root())
+                .args(*extra)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&client.stdout).into_owned();
+            printed.push_str(&stdout);
+            if !client.status.success() || !stdout.ends_with("ok\n") {
+                failed = Some(format!(
+                    "{script} failed:\n{stdout}\n{}",
+                    String::from_utf8_lossy(&client.stderr)
+                ));
+                break;
+            }
+        }
         let log = self.stop();
-        assert!(
-            client.status.success(),
-            "client failed:\n{stdout}\n{}\nserver log:\n{log}",
-            String::from_utf8_lossy(&client.stderr)
-        );
-        assert!(stdout.ends_with("ok\n"), "{stdout}");
-        println!("{stdout}");
-        (stdout, log)
+        if let Some(failure) = failed {
+            panic!("{failure}\nserver log:\n{log}");
+        }
+        println!("{printed}");
+        (printed, log)
     }
 
     /// SIGTERM, which must end the process with success; returns its whole stderr.
@@ -99,6 +125,46 @@ impl Server {
 #[test]
 fn tritonclient_and_prometheus_client_against_runinfer_serve() {
     Server::start(&[]).run_client("tests/python/oip_client.py");
+}
+
+#[test]
+fn tritonclient_grpc_against_runinfer_serve() {
+    let plugins = tempfile::tempdir().unwrap();
+    for name in ["iris", "text-stats"] {
+        let from = root().join("plugins").join(name);
+        let manifest = std::fs::read_to_string(from.join("plugin.toml")).unwrap();
+        plugin_copy(
+            &from,
+            &format!("{name}.wasm"),
+            &plugins.path().join(name),
+            &manifest,
+        );
+    }
+    plugin_copy(
+        &root().join("plugins/onnx-tensor"),
+        "onnx-tensor.wasm",
+        &plugins.path().join("onnx-tensor"),
+        "name = \"onnx-tensor\"\ncomponent = \"onnx-tensor.wasm\"\n[models]\nmodel = \"models/tiny_mlp.onnx\"\n[[key_models]]\nkeys = [\"de\"]\nmodels = { model = \"models/tiny_mlp_v2.onnx\" }\n",
+    );
+    let slow = plugins.path().join("slow");
+    plugin_copy(
+        &root().join("tests/plugins/hostile"),
+        "hostile.wasm",
+        &slow,
+        "name = \"slow\"\ncomponent = \"hostile.wasm\"\n[limits]\ninstances = 1\ntimeout_ms = 60000\n[batching]\nmax_batch_size = 1\n[grants]\ndirs = [{ path = \"signal\", guest = \"/signal\" }]\n",
+    );
+    std::fs::create_dir_all(slow.join("signal")).unwrap();
+    let server = Server::start(&["--plugins".as_ref(), plugins.path().as_os_str()]);
+    let (grpc, http) = (server.grpc.clone(), server.address.clone());
+    let (stdout, _) = server.run_clients(&[(
+        "tests/python/grpc_client.py",
+        &grpc,
+        &[http.as_ref(), plugins.path().as_os_str()],
+    )]);
+    assert!(
+        stdout.contains("rows dropped after the deadline"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -122,25 +188,28 @@ fn tritonclient_reads_the_metadata_and_sends_three_named_inputs() {
         std::fs::copy(&files.model, dir.join("net.onnx")).unwrap();
     }
     let library = crate::onnxruntime::library();
-    let (stdout, _) = Server::start(&[
+    let server = Server::start(&[
         "--plugins".as_ref(),
         plugins.path().as_os_str(),
         "--onnxruntime-lib".as_ref(),
         library.as_os_str(),
-    ])
-    .run_client_with(
-        "tests/python/multi_input_client.py",
-        &[
-            files.examples.as_os_str(),
-            files.reference.as_os_str(),
-            "minilm-tract".as_ref(),
-            "minilm-onnxruntime".as_ref(),
-        ],
-    );
-    assert!(
-        stdout.contains("minilm-onnxruntime: 14 examples x 2 encodings"),
-        "{stdout}"
-    );
+    ]);
+    let args: &[&std::ffi::OsStr] = &[
+        files.examples.as_os_str(),
+        files.reference.as_os_str(),
+        "minilm-tract".as_ref(),
+        "minilm-onnxruntime".as_ref(),
+    ];
+    let (http, grpc) = (server.address.clone(), format!("grpc://{}", server.grpc));
+    let script = "tests/python/multi_input_client.py";
+    let (stdout, _) = server.run_clients(&[(script, &http, args), (script, &grpc, args)]);
+    for expected in [
+        "minilm-onnxruntime: 14 examples x 2 encodings",
+        "minilm-onnxruntime: 14 examples x 1 encodings",
+        "minilm-tract: 14 examples x 1 encodings",
+    ] {
+        assert!(stdout.contains(expected), "{stdout}");
+    }
 }
 
 /// Copies a plugin directory's files (not its sources) into `to`, with `manifest`.
