@@ -1,7 +1,8 @@
 """Drives a running `runinfer serve` with clients nobody here wrote: Triton's
-`tritonclient[http]` (health, metadata, infer in both the JSON and the binary tensor
-form) and `prometheus_client`'s parser on /metrics. Checks the numbers against the
-golden files. Exits non-zero with the reason on the first mismatch.
+`tritonclient[http]` (health, metadata, configuration, statistics, infer in both
+the JSON and the binary tensor form, repository index / unload / load) and
+`prometheus_client`'s parser on /metrics. Checks the numbers against the golden
+files. Exits non-zero with the reason on the first mismatch.
 
     usage: python oip_client.py HOST:PORT REPO_ROOT
 """
@@ -148,6 +149,23 @@ def main():
     check(stats["inference_count"] == 600, f"iris statistics: {stats}")
     check(stats["inference_stats"]["success"]["count"] == 600, f"iris statistics: {stats}")
     check(stats["execution_count"] >= 1 and stats["inference_stats"]["fail"]["count"] == 0, f"{stats}")
+
+    # Triton's repository extension, through tritonclient: unload drains and refuses
+    # new requests, load brings the plugin back.
+    index = {m["name"]: m["state"] for m in client.get_model_repository_index()}
+    check(index.get("text-stats") == "READY", f"repository index: {index}")
+    client.unload_model("text-stats")
+    check(not client.is_model_ready("text-stats"), "text-stats unloaded")
+    index = {m["name"]: m for m in client.get_model_repository_index()}
+    check(index["text-stats"]["reason"] == "unloaded", f"repository index: {index}")
+    client.load_model("text-stats")
+    check(client.is_model_ready("text-stats"), "text-stats loaded again")
+    try:
+        client.load_model("no-such-plugin")
+        check(False, "loading an unknown plugin must fail")
+    except InferenceServerException as e:
+        check("no plugin directory" in e.message(), f"load error: {e}")
+    print("repository: index, unload, load")
 
     # /metrics is OpenMetrics text: it parses with prometheus_client's strict parser
     # and counts what was sent.
