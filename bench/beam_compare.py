@@ -19,6 +19,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "integrations" / "beam"))
+sys.path.insert(0, str(ROOT / "integrations" / "client"))
 from runinfer_beam import RuninferModelHandler  # noqa: E402
 
 MODEL = ROOT / "plugins" / "iris" / "models" / "iris.onnx"

@@ -1,10 +1,11 @@
 //! The `runinfer` binary end to end, as a user runs it: the CLI, `runinfer serve`
-//! driven by clients nobody here wrote, and the Beam bridge. The helpers these
-//! modules share are below.
+//! driven by clients nobody here wrote, the Beam bridge, and Spark and Ray. The
+//! helpers these modules share are below.
 
 mod beam;
 mod cli;
 mod clients;
+mod scale_out;
 
 pub(crate) use runinfer_e2e::root;
 use std::path::PathBuf;
@@ -52,4 +53,22 @@ pub(crate) fn python_env(requirements: &str, venv: &str) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+/// Copies a plugin directory's files (not its sources) into `to`, with `manifest`.
+pub(crate) fn plugin_copy(
+    from: &std::path::Path,
+    component: &str,
+    to: &std::path::Path,
+    manifest: &str,
+) {
+    std::fs::create_dir_all(to.join("models")).unwrap();
+    std::fs::copy(from.join(component), to.join(component)).expect("built by host/build.rs");
+    if let Ok(models) = std::fs::read_dir(from.join("models")) {
+        for model in models {
+            let model = model.unwrap();
+            std::fs::copy(model.path(), to.join("models").join(model.file_name())).unwrap();
+        }
+    }
+    std::fs::write(to.join("plugin.toml"), manifest).unwrap();
 }

@@ -23,6 +23,7 @@ from apache_beam.testing.util import assert_that
 ROOT = Path(sys.argv[1]).resolve()
 BINARY = sys.argv[2]
 sys.path.insert(0, str(ROOT / "integrations" / "beam"))
+sys.path.insert(0, str(ROOT / "integrations" / "client"))
 from runinfer_beam import RuninferModelHandler  # noqa: E402
 
 TOLERANCE = 1e-5

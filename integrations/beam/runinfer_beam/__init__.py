@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from .server import RuninferError, RuninferServer
+from runinfer_client import RuninferError, RuninferServer
 
 __all__ = ["RuninferModelHandler", "RuninferServer", "RuninferError"]
 

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-LOG = logging.getLogger("runinfer_beam")
+LOG = logging.getLogger("runinfer_client")
 
 # OIP datatype <-> numpy dtype (BYTES is handled apart).
 DATATYPES = {
@@ -177,11 +177,38 @@ class RuninferServer:
                 inferences[i] = inference
         return inferences, model_id
 
+    def infer_columns(
+        self, model: str, columns: Sequence[Any], timeout_us: Optional[int] = None
+    ) -> Tuple[Dict[str, Any], Optional[str]]:
+        """Sends one batch given as columns, one per declared input in the order of the
+        model's metadata (a numpy array with the batch first, or a list of strings,
+        bytes or JSON values for BYTES), as one request; returns the declared outputs
+        as columns (arrays with the batch first; lists for BYTES, JSON parsed) and the
+        id of the model that made them. What Spark and Ray hand over and want back."""
+        meta = self.model_metadata(model)
+        if len(columns) != len(meta["inputs"]):
+            names = [i["name"] for i in meta["inputs"]]
+            raise RuninferError(f"model '{model}' takes {len(names)} inputs {names}, got {len(columns)} columns")
+        rows = len(columns[0]) if len(columns) else 0
+        outputs, model_id = self._send(model, meta, list(columns), rows, timeout_us)
+        content = {o["name"]: o.get("parameters", {}).get("content_type") for o in meta["outputs"]}
+        for name, values in outputs.items():
+            if content.get(name) == "json":
+                outputs[name] = [json.loads(v) for v in values]
+        return outputs, model_id
+
     def _infer_rows(self, model: str, meta: Dict[str, Any], rows: Sequence[Any], timeout_us: Optional[int]) -> Tuple[List[Any], Optional[str]]:
+        named = len(meta["inputs"]) > 1
+        columns = [[_field(row, d["name"]) if named else row for row in rows] for d in meta["inputs"]]
+        outputs, model_id = self._send(model, meta, columns, len(rows), timeout_us)
+        return _split_rows(outputs, len(rows), meta["outputs"]), model_id
+
+    def _send(
+        self, model: str, meta: Dict[str, Any], columns: List[Any], rows: int, timeout_us: Optional[int]
+    ) -> Tuple[Dict[str, Any], Optional[str]]:
+        """One binary request with a column per declared input; the output columns."""
         headers, data = [], bytearray()
-        for declared in meta["inputs"]:
-            named = len(meta["inputs"]) > 1
-            column = [_field(row, declared["name"]) if named else row for row in rows]
+        for declared, column in zip(meta["inputs"], columns):
             header, raw = _encode_input(declared["name"], declared["datatype"], column)
             headers.append(header)
             data += raw
@@ -197,7 +224,7 @@ class RuninferServer:
         )
         if status != 200:
             raise RuninferError(f"runinfer model '{model}': {status} {_error(body)}")
-        return _decode_response(response_headers, body, len(rows), meta["outputs"])
+        return _decode_columns(response_headers, body, rows)
 
 
 def _field(row: Any, name: str) -> Any:
@@ -239,7 +266,8 @@ def _encode_input(name: str, datatype: str, rows: Sequence[Any]) -> Tuple[Dict[s
                 element = json.dumps(row, default=_json_default).encode()
             data += struct.pack("<I", len(element)) + element
         return {"name": name, "datatype": "BYTES", "shape": [len(rows)], "parameters": {"binary_data_size": len(data)}}, bytes(data)
-    array = np.ascontiguousarray(np.stack([np.asarray(r) for r in rows]), dtype=DATATYPES[datatype])
+    batch = rows if isinstance(rows, np.ndarray) else np.stack([np.asarray(r) for r in rows])
+    array = np.ascontiguousarray(batch, dtype=DATATYPES[datatype])
     data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "parameters": {"binary_data_size": len(data)}}, data
 
@@ -252,7 +280,9 @@ def _json_default(value):
     raise TypeError(f"cannot send {type(value).__name__} as JSON")
 
 
-def _decode_response(headers: Dict[str, str], body: bytes, rows: int, declared: Sequence[Dict[str, Any]]) -> Tuple[List[Any], Optional[str]]:
+def _decode_columns(headers: Dict[str, str], body: bytes, rows: int) -> Tuple[Dict[str, Any], Optional[str]]:
+    """The output columns of a response (arrays; lists of strings for BYTES) and its
+    model id."""
     lowered = {k.lower(): v for k, v in headers.items()}
     length = int(lowered.get("inference-header-content-length", len(body)))
     response = json.loads(body[:length])
@@ -279,7 +309,12 @@ def _decode_response(headers: Dict[str, str], body: bytes, rows: int, declared: 
         columns[output["name"]] = values
     if any(len(v) != rows for v in columns.values()):
         raise RuninferError(f"the server answered {[len(v) for v in columns.values()]} rows for {rows}")
-    # The metadata says what a BYTES output holds: JSON text is parsed, strings stay.
+    return columns, response.get("parameters", {}).get("model_id")
+
+
+def _split_rows(columns: Dict[str, Any], rows: int, declared: Sequence[Dict[str, Any]]) -> List[Any]:
+    """One inference per row: the value of the one unnamed output, or a dict by name.
+    The metadata says what a BYTES output holds: JSON text is parsed, strings stay."""
     content = {o["name"]: o.get("parameters", {}).get("content_type") for o in declared}
     inferences = []
     for i in range(rows):
@@ -287,7 +322,7 @@ def _decode_response(headers: Dict[str, str], body: bytes, rows: int, declared: 
             inferences.append(_inference(columns["output"][i], content["output"]))
         else:
             inferences.append({name: _inference(values[i], content.get(name)) for name, values in columns.items()})
-    return inferences, response.get("parameters", {}).get("model_id")
+    return inferences
 
 
 def _inference(value: Any, content_type: Optional[str]) -> Any:

@@ -2,7 +2,7 @@
 //! `tritonclient[http]` and `tritonclient[grpc]`, and `prometheus_client`'s parser (tests/python/oip_client.py,
 //! in a venv that scripts/python-env.sh installs from PyPI). Then SIGTERM.
 
-use super::{python_env, root, runinfer};
+use super::{plugin_copy, python_env, root, runinfer};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -210,19 +210,6 @@ fn tritonclient_reads_the_metadata_and_sends_three_named_inputs() {
     ] {
         assert!(stdout.contains(expected), "{stdout}");
     }
-}
-
-/// Copies a plugin directory's files (not its sources) into `to`, with `manifest`.
-fn plugin_copy(from: &std::path::Path, component: &str, to: &std::path::Path, manifest: &str) {
-    std::fs::create_dir_all(to.join("models")).unwrap();
-    std::fs::copy(from.join(component), to.join(component)).expect("built by host/build.rs");
-    if let Ok(models) = std::fs::read_dir(from.join("models")) {
-        for model in models {
-            let model = model.unwrap();
-            std::fs::copy(model.path(), to.join("models").join(model.file_name())).unwrap();
-        }
-    }
-    std::fs::write(to.join("plugin.toml"), manifest).unwrap();
 }
 
 #[test]
