@@ -73,8 +73,12 @@ def spark_jobs(args, spark):
     iris_model = str(ROOT / "plugins" / "iris" / "models" / "iris.onnx")
     ocr_model = str(ROOT / "target" / "models" / "ppocr_cls.onnx")
     serve = ["--onnxruntime-lib", args.onnxruntime_lib]
-    iris_df = spark.createDataFrame([(r.tolist(),) for r in iris_rows(args.iris_rows)], "features array<float>").repartition(4).cache()
-    ocr_df = spark.createDataFrame([(r.ravel().tolist(),) for r in ocr_rows(args.ocr_rows)], "x array<float>").repartition(4).cache()
+    import pandas as pd
+
+    spark.conf.set("spark.sql.execution.arrow.pyspark.enabled", "true")
+    frame = lambda column, rows: pd.DataFrame({column: list(rows.reshape(len(rows), -1))})
+    iris_df = spark.createDataFrame(frame("features", iris_rows(args.iris_rows)), "features array<float>").repartition(4).cache()
+    ocr_df = spark.createDataFrame(frame("x", ocr_rows(args.ocr_rows)), "x array<float>").repartition(4).cache()
     iris_df.count(), ocr_df.count()
 
     def make_ort_iris():
@@ -184,7 +188,7 @@ def main():
     parser.add_argument("onnxruntime_lib")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--iris-rows", type=int, default=60000)
-    parser.add_argument("--ocr-rows", type=int, default=2000)
+    parser.add_argument("--ocr-rows", type=int, default=1000)
     args = parser.parse_args()
     machine = tempfile.mkdtemp(prefix="runinfer-machine-")
     os.environ.update({"RUNINFER_MACHINE_DIR": machine, "PYSPARK_PYTHON": sys.executable, "PYTHONPATH": PYTHONPATH})

@@ -57,6 +57,7 @@ class RuninferServer:
         self._local = threading.local()
         self._process: subprocess.Popen
         self._address: Optional[str] = None
+        self._metadata: Dict[str, Dict[str, Any]] = {}
         self.restarts = 0
         self._start()
 
@@ -159,13 +160,20 @@ class RuninferServer:
     def model_metadata(self, model: str) -> Dict[str, Any]:
         return self.get_json(f"/v2/models/{model}")
 
+    def _declared(self, model: str) -> Dict[str, Any]:
+        """The model's metadata, asked once (not once a batch); forgotten when a
+        request fails, so a plugin replaced with another signature is asked again."""
+        if model not in self._metadata:
+            self._metadata[model] = self.model_metadata(model)
+        return self._metadata[model]
+
     def infer(self, model: str, rows: Sequence[Any], timeout_us: Optional[int] = None) -> Tuple[List[Any], Optional[str]]:
         """Sends rows (binary tensor data extension) as the model's metadata declares
         them and returns one inference per row and the id of the model that made them.
         A model of named inputs takes each row as a mapping of name to array; rows whose
         arrays differ in shape (ragged sequences) go in one request per shape, since a
         tensor input has one shape for all its rows, and come back in row order."""
-        meta = self.model_metadata(model)
+        meta = self._declared(model)
         groups: Dict[Tuple, List[int]] = {}
         for i, row in enumerate(rows):
             groups.setdefault(_shapes(meta["inputs"], row), []).append(i)
@@ -185,7 +193,7 @@ class RuninferServer:
         bytes or JSON values for BYTES), as one request; returns the declared outputs
         as columns (arrays with the batch first; lists for BYTES, JSON parsed) and the
         id of the model that made them. What Spark and Ray hand over and want back."""
-        meta = self.model_metadata(model)
+        meta = self._declared(model)
         if len(columns) != len(meta["inputs"]):
             names = [i["name"] for i in meta["inputs"]]
             raise RuninferError(f"model '{model}' takes {len(names)} inputs {names}, got {len(columns)} columns")
@@ -223,6 +231,7 @@ class RuninferServer:
             {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(request))},
         )
         if status != 200:
+            self._metadata.pop(model, None)
             raise RuninferError(f"runinfer model '{model}': {status} {_error(body)}")
         return _decode_columns(response_headers, body, rows)
 

@@ -50,16 +50,24 @@ def main() -> int:
                 fcntl.flock(lease, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # workers hold it
-            # Nobody holds the lease: stop after the requests in flight.
+            # Nobody holds the lease: stop after the requests in flight, and forget
+            # the address before letting go of the lease (a worker waiting for it
+            # then finds no stale server).
             server.stdin.close()
             server.wait()
-            break
+            forget(directory)
+            return 0
+    forget(directory)  # the server died: the next worker starts another
+    return 0
+
+
+def forget(directory: Path) -> None:
+    """Removes server.json if it still describes this supervisor's server."""
     try:
         if json.loads((directory / "server.json").read_text()).get("supervisor") == os.getpid():
             (directory / "server.json").unlink()
     except (OSError, ValueError):
         pass
-    return 0
 
 
 if __name__ == "__main__":
