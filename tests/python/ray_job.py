@@ -31,7 +31,17 @@ def free_port():
 
 def ray_cli(*args, env):
     ray = Path(sys.executable).parent / "ray"
-    subprocess.run([str(ray), *args], check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = subprocess.run([str(ray), *args], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"ray {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
+
+
+def own_ports():
+    """Free ports for one node's services: two nodes on one machine (and other tests)
+    must not meet on Ray's default ports."""
+    names = ["node-manager-port", "object-manager-port", "metrics-export-port", "runtime-env-agent-port",
+             "dashboard-agent-listen-port", "dashboard-agent-grpc-port"]
+    return [f"--{name}={free_port()}" for name in names]
 
 
 class SlowPredictor:
@@ -54,6 +64,9 @@ def main():
     _, binary, plugins, machine = sys.argv[1:5]
     port = free_port()
     temp = tempfile.mkdtemp(prefix="ray-")
+    # Ray keeps state in ~/.ray (an auth token a local `ray.init` may have written):
+    # this cluster's nodes and driver get a home of their own.
+    os.environ["HOME"] = tempfile.mkdtemp(prefix="ray-home-")
     env = {
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -61,10 +74,11 @@ def main():
         "RUNINFER_MACHINE_DIR": machine,
     }
     common = ["--num-cpus=1", "--disable-usage-stats", f"--temp-dir={temp}"]
-    ray_cli("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false", *common, env=env)
+    ray_cli("start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+            *own_ports(), *common, env=env)
     pids = set()
     try:
-        ray_cli("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", *common, env=env)
+        ray_cli("start", f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", *own_ports(), *common, env=env)
         import ray
         from runinfer_ray import RuninferPredictor
 
