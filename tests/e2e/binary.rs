@@ -72,3 +72,41 @@ pub(crate) fn plugin_copy(
     }
     std::fs::write(to.join("plugin.toml"), manifest).unwrap();
 }
+
+/// Copies bundled plugins (`plugins/<name>`, with their own manifests) into `to`.
+pub(crate) fn bundled_copy(names: &[&str], to: &std::path::Path) {
+    for name in names {
+        let from = root().join("plugins").join(name);
+        let manifest = std::fs::read_to_string(from.join("plugin.toml")).unwrap();
+        plugin_copy(&from, &format!("{name}.wasm"), &to.join(name), &manifest);
+    }
+}
+
+/// Runs a job script of `tests/python` in the venv of `requirements` with the
+/// repository root, this build's binary and `args`, with the tests' compile cache;
+/// it must succeed and end with "ok". Prints what it printed.
+pub(crate) fn run_python_job(
+    requirements: &str,
+    venv: &str,
+    script: &str,
+    args: &[&std::ffi::OsStr],
+) {
+    let out = Command::new(python_env(requirements, venv))
+        .arg(root().join("tests/python").join(script))
+        .arg(root())
+        .arg(env!("CARGO_BIN_EXE_runinfer"))
+        .args(args)
+        .env(
+            "RUNINFER_CACHE_DIR",
+            root().join("target/test-compile-cache"),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.ends_with("ok\n"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{stdout}");
+}

@@ -2,7 +2,7 @@
 //! `tritonclient[http]` and `tritonclient[grpc]`, and `prometheus_client`'s parser (tests/python/oip_client.py,
 //! in a venv that scripts/python-env.sh installs from PyPI). Then SIGTERM.
 
-use super::{plugin_copy, python_env, root, runinfer};
+use super::{bundled_copy, plugin_copy, python_env, root, runinfer};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -130,16 +130,7 @@ fn tritonclient_and_prometheus_client_against_runinfer_serve() {
 #[test]
 fn tritonclient_grpc_against_runinfer_serve() {
     let plugins = tempfile::tempdir().unwrap();
-    for name in ["iris", "text-stats"] {
-        let from = root().join("plugins").join(name);
-        let manifest = std::fs::read_to_string(from.join("plugin.toml")).unwrap();
-        plugin_copy(
-            &from,
-            &format!("{name}.wasm"),
-            &plugins.path().join(name),
-            &manifest,
-        );
-    }
+    bundled_copy(&["iris", "text-stats"], plugins.path());
     plugin_copy(
         &root().join("plugins/onnx-tensor"),
         "onnx-tensor.wasm",

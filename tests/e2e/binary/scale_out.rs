@@ -6,49 +6,20 @@
 //! server killed mid-job and replaced, nothing left running afterwards
 //! (tests/python/spark_job.py, tests/python/ray_job.py).
 
-use super::{plugin_copy, python_env, root};
+use super::{bundled_copy, root, run_python_job};
 use std::process::Command;
 
-/// A plugin root with the bundled iris and onnx-tensor plugins.
-fn plugin_root() -> tempfile::TempDir {
-    let plugins = tempfile::tempdir().unwrap();
-    for name in ["iris", "onnx-tensor"] {
-        let from = root().join("plugins").join(name);
-        let manifest = std::fs::read_to_string(from.join("plugin.toml")).unwrap();
-        plugin_copy(
-            &from,
-            &format!("{name}.wasm"),
-            &plugins.path().join(name),
-            &manifest,
-        );
-    }
-    plugins
-}
-
 fn run_job(script: &str) {
-    let python = python_env("requirements-scale.txt", "py-scale");
-    let plugins = plugin_root();
+    let plugins = tempfile::tempdir().unwrap();
+    bundled_copy(&["iris", "onnx-tensor"], plugins.path());
     // Where the machine's shared server keeps its address: one per test.
     let machine = tempfile::tempdir().unwrap();
-    let out = Command::new(python)
-        .arg(root().join("tests/python").join(script))
-        .arg(root())
-        .arg(env!("CARGO_BIN_EXE_runinfer"))
-        .arg(plugins.path())
-        .arg(machine.path())
-        .env(
-            "RUNINFER_CACHE_DIR",
-            root().join("target/test-compile-cache"),
-        )
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.ends_with("ok\n"),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_python_job(
+        "requirements-scale.txt",
+        "py-scale",
+        script,
+        &[plugins.path().as_os_str(), machine.path().as_os_str()],
     );
-    println!("{stdout}");
 }
 
 #[test]
