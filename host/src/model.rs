@@ -287,6 +287,7 @@ impl ModelRegistry {
             message,
         };
         let size = bytes.len() as u64;
+        external_data::check(&bytes).map_err(load_error)?;
         let engine: Box<dyn Backend> = match backend {
             BackendKind::Tract => Box::new(tract::TractModel::load(&bytes, input_shapes).map_err(
                 |message| {
@@ -338,5 +339,6 @@ impl ModelRegistry {
     }
 }
 
+mod external_data;
 mod onnxruntime;
 mod tract;

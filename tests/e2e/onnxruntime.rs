@@ -228,3 +228,28 @@ fn the_host_default_backend_runs_models_whose_entry_names_none() {
     // One model, loaded by onnxruntime: the registry keys models by engine too.
     assert_eq!(host.models().load_count(), 1);
 }
+
+/// A model whose weight points at a file of the host (ONNX external data) is refused
+/// before any engine reads it: onnxruntime, given the model as bytes, read the file
+/// from its working directory into the weight and out through the inferences.
+#[test]
+fn a_model_may_not_read_files_through_external_data() {
+    let fixture = root().join("tests/fixtures/external-data.onnx");
+    for backend in ["onnxruntime", "tract"] {
+        let host = onnxruntime_host(BackendKind::Tract, 1);
+        let dir = tensor_plugin(
+            &format!("external-{backend}"),
+            &fixture,
+            &format!("backend = \"{backend}\""),
+        );
+        let error = host
+            .load_plugin(dir.path())
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            error.contains("tensor `w` keeps its data in another file (\"Cargo.toml\")"),
+            "{backend}: {error}"
+        );
+    }
+}
