@@ -396,14 +396,19 @@ fn repository_error(error: crate::frontends::watch::RepositoryError) -> ApiError
     }
 }
 
-/// Loads a plugin directory now (compiling and loading models on a blocking thread).
-async fn load_plugin(root: Arc<PluginRoot>, name: String) -> Result<(), ApiError> {
-    tokio::task::spawn_blocking(move || root.load(&name))
+/// A repository call on a blocking thread: `load` compiles and loads models, and
+/// both wait while a rescan changes the live set.
+async fn repository_call(
+    root: Arc<PluginRoot>,
+    name: String,
+    call: fn(&PluginRoot, &str) -> Result<(), crate::frontends::watch::RepositoryError>,
+) -> Result<(), ApiError> {
+    tokio::task::spawn_blocking(move || call(&root, &name))
         .await
         .map_err(|e| {
             ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                format!("load stopped: {e}"),
+                format!("repository call stopped: {e}"),
             )
         })?
         .map_err(repository_error)
@@ -413,7 +418,7 @@ async fn repository_load(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    load_plugin(state.root.clone(), name).await?;
+    repository_call(state.root.clone(), name, PluginRoot::load).await?;
     Ok(Json(json!({})).into_response())
 }
 
@@ -421,7 +426,7 @@ async fn repository_unload(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    state.root.unload(&name).map_err(repository_error)?;
+    repository_call(state.root.clone(), name, PluginRoot::unload).await?;
     Ok(Json(json!({})).into_response())
 }
 

@@ -13,7 +13,7 @@ use super::{
     ApiError, AppState, EXTENSIONS, OutputTensor, RequestTensor, UNNAMED, VERSION, examples,
     infer_examples, live, metadata_tensors, repository_entries, triton,
 };
-use crate::frontends::watch::{PluginRoot, RepositoryError};
+use crate::frontends::watch::PluginRoot;
 use crate::host::Host;
 use axum::http::StatusCode;
 use serde_json::Value as JsonValue;
@@ -78,15 +78,6 @@ impl From<ApiError> for Status {
             StatusCode::TOO_MANY_REQUESTS => Status::resource_exhausted(message),
             StatusCode::INTERNAL_SERVER_ERROR => Status::internal(message),
             _ => Status::unknown(message),
-        }
-    }
-}
-
-impl From<RepositoryError> for Status {
-    fn from(error: RepositoryError) -> Status {
-        match error {
-            RepositoryError::NotFound(m) => Status::not_found(m),
-            RepositoryError::Failed(m) => Status::invalid_argument(format!("failed to load: {m}")),
         }
     }
 }
@@ -512,7 +503,7 @@ impl GrpcInferenceService for Service {
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
         let name = request.into_inner().model_name;
-        super::load_plugin(self.state.root.clone(), name).await?;
+        super::repository_call(self.state.root.clone(), name, PluginRoot::load).await?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
@@ -521,7 +512,7 @@ impl GrpcInferenceService for Service {
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
         let name = request.into_inner().model_name;
-        self.state.root.unload(&name)?;
+        super::repository_call(self.state.root.clone(), name, PluginRoot::unload).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
