@@ -4,8 +4,9 @@ Spark executors and Ray actors are separate processes that come and go; starting
 server in each would load every model once per process. Instead, the workers of a
 machine that use the same binary, plugin root and arguments share one server:
 
-* a per-machine directory (under the temp dir, named by a hash of the command) holds
-  `start.lock` (who may start a server), `lease` and `server.json` (its address);
+* a per-machine directory (under the temp dir, or `$RUNINFER_MACHINE_DIR`, named by a
+  hash of the command) holds `start.lock` (who may start a server), `lease`,
+  `server.json` (its address) and `server.log` (its log);
 * every worker holds a *shared* `flock` on `lease` for its whole life: the kernel
   releases it however the worker ends (exit, crash, SIGKILL);
 * the server runs under a small supervisor (`python -m runinfer_client.supervisor`,
@@ -60,7 +61,6 @@ class MachineServer(RuninferServer):
         self._lease = open(self.directory / "lease", "a+")
         fcntl.flock(self._lease, fcntl.LOCK_SH)
         self._server_command = command
-        self._started_by_me = False
         super().__init__(binary, plugin_dir, extra_args, start_timeout_s, env)
 
     def _read(self) -> Optional[dict]:
@@ -98,7 +98,6 @@ class MachineServer(RuninferServer):
             deadline = time.monotonic() + self._start_timeout_s
             while time.monotonic() < deadline:
                 if self._healthy(self._read()):
-                    self._started_by_me = True
                     return
                 if supervisor.poll() is not None:
                     raise RuninferError(f"runinfer serve could not start:\n{supervisor.stderr.read()}")

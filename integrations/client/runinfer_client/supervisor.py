@@ -3,7 +3,7 @@
     python -m runinfer_client.supervisor DIR -- runinfer serve ... --exit-on-stdin-eof
 
 Starts the server holding its stdin, writes `DIR/server.json` (address, pids) once
-it listens, and ends it gracefully (closing its stdin) as soon as no worker holds a
+it listens and its log to `DIR/server.log`, and ends it gracefully (closing its stdin) as soon as no worker holds a
 shared lock on `DIR/lease`. Exits when the server does, removing `server.json`, so
 the next worker that needs it starts another.
 """
@@ -38,7 +38,15 @@ def main() -> int:
     if address is None:
         sys.stderr.write("".join(log))
         return server.wait() or 1
-    threading.Thread(target=lambda: [None for _ in server.stderr], daemon=True).start()
+    # The rest of the server's log goes to DIR/server.log (the pipe must not fill).
+    def keep_log():
+        with open(directory / "server.log", "a") as out:
+            out.writelines(log)
+            for line in server.stderr:
+                out.write(line)
+                out.flush()
+
+    threading.Thread(target=keep_log, daemon=True).start()
     info = {"address": address, "grpc": grpc, "server": server.pid, "supervisor": os.getpid()}
     tmp = directory / f".server.json.{os.getpid()}"
     tmp.write_text(json.dumps(info))
