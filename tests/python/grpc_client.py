@@ -26,17 +26,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-TOLERANCE = 1e-5
-
-
-def golden(root, name):
-    lines = (root / "tests" / "golden" / name).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
+from checks import TOLERANCE, check, check_iris, golden
 
 
 def fails(call, code, text):
@@ -90,10 +80,7 @@ def main():
     response = result.get_response()
     check(response.id == "iris-1", "the request id comes back")
     check(response.parameters["model_id"].string_param.startswith("models/iris.onnx@"), f"{response.parameters}")
-    labels = [x.decode() for x in result.as_numpy("label")]
-    check(labels == [g["label"] for g in iris], f"iris labels {labels[:5]}...")
-    got = result.as_numpy("probabilities")
-    check(np.allclose(got, want, atol=TOLERANCE, rtol=0), f"iris: max diff {np.abs(got - want).max()}")
+    check_iris([x.decode() for x in result.as_numpy("label")], result.as_numpy("probabilities"), iris, "iris")
 
     # The same rows in typed contents (fp32_contents), through Triton's own stub.
     stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(url))

@@ -17,17 +17,7 @@ import tritonclient.http as httpclient
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
-TOLERANCE = 1e-5
-
-
-def golden(root, name):
-    lines = (root / "tests" / "golden" / name).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
+from checks import TOLERANCE, check, golden
 
 
 def fits(shape, declared):

@@ -20,7 +20,8 @@ sys.path.insert(0, str(ROOT / "integrations" / "ray"))
 sys.path.insert(0, str(Path(__file__).parent))
 
 import numpy as np  # noqa: E402
-from scale_common import Killer, check, check_iris, check_mlp, golden, servers, wait_gone  # noqa: E402
+from checks import check, check_iris, check_mlp, golden  # noqa: E402
+from scale_common import Killer, servers, wait_gone  # noqa: E402
 
 
 def free_port():

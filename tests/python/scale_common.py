@@ -1,5 +1,5 @@
-"""What the Spark and Ray end-to-end jobs share: golden rows, checks, and the killer
-that takes the machine's `runinfer serve` down mid-job."""
+"""What the Spark and Ray end-to-end jobs share: the machine's shared servers, and the
+killer that takes one down mid-job."""
 
 import json
 import os
@@ -8,34 +8,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-
-import numpy as np
-
-TOLERANCE = 1e-5
-
-
-def golden(root, name):
-    lines = (Path(root) / "tests" / "golden" / name).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
-
-
-def check(condition, message):
-    if not condition:
-        raise AssertionError(message)
-
-
-def check_iris(labels, probabilities, rows, what):
-    check(list(labels) == [g["label"] for g in rows], f"{what}: labels {list(labels)[:5]}...")
-    got = np.asarray(probabilities, dtype=np.float32)
-    want = np.array([g["probabilities"] for g in rows], dtype=np.float32)
-    check(np.allclose(got, want, atol=TOLERANCE, rtol=0), f"{what}: max diff {np.abs(got - want).max()}")
-
-
-def check_mlp(logits, hidden, rows, what):
-    for name, got in (("logits", logits), ("hidden", hidden)):
-        got = np.asarray(got, dtype=np.float32)
-        want = np.array([g[name] for g in rows], dtype=np.float32)
-        check(np.allclose(got, want, atol=TOLERANCE, rtol=0), f"{what} {name}: max diff {np.abs(got - want).max()}")
 
 
 def servers(machine_root):

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pyspark.ml.functions import predict_batch_udf  # noqa: E402
 from pyspark.sql import SparkSession  # noqa: E402
 from runinfer_spark import make_predict_fn, map_in_pandas, return_type, runinfer_udf  # noqa: E402
-from scale_common import Killer, check, check_iris, check_mlp, golden, servers, wait_gone  # noqa: E402
+from checks import check, check_iris, check_mlp, golden  # noqa: E402
+from scale_common import Killer, servers, wait_gone  # noqa: E402
 
 
 def slow_predict_fn(plugin, plugin_dir, binary):
