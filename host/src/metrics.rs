@@ -41,9 +41,10 @@ fn label_value(value: &str) -> String {
 
 /// The families the host records for every plugin, with their kinds: a handler's own
 /// metrics may not take these names (or any name that exposes the same samples).
-const PLUGIN_FAMILIES: [(&str, Kind); 11] = [
+const PLUGIN_FAMILIES: [(&str, Kind); 12] = [
     ("num_inferences", Kind::Counter),
     ("cancelled_examples", Kind::Counter),
+    ("pending_requests", Kind::Gauge),
     ("failed_batches_counter", Kind::Counter),
     ("inference_request_batch_size", Kind::Histogram),
     ("inference_request_batch_byte_size", Kind::Histogram),
@@ -115,11 +116,21 @@ impl ElementTimers {
     }
 }
 
+/// One served request in flight, counted in `<ns>_pending_requests` while it lives.
+pub(crate) struct PendingRequest(Gauge);
+
+impl Drop for PendingRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Beam's RunInference metrics for one namespace, plus queue wait and per-element
 /// latency.
 pub struct PluginMetrics {
     num_inferences: Family<ModelLabel, Counter>,
     cancelled: Counter,
+    pending_requests: Gauge,
     failed_batches: Family<ModelLabel, Counter>,
     batch_size: Histograms,
     batch_byte_size: Histograms,
@@ -136,6 +147,7 @@ impl PluginMetrics {
         let m = PluginMetrics {
             num_inferences: Family::default(),
             cancelled: Counter::default(),
+            pending_requests: Gauge::default(),
             failed_batches: Family::default(),
             batch_size: Family::new_with_constructor(size_histogram),
             batch_byte_size: Family::new_with_constructor(bytes_histogram),
@@ -155,6 +167,11 @@ impl PluginMetrics {
             "cancelled_examples",
             "Examples dropped before their batch ran because their request was cancelled, timed out or its client went away",
             m.cancelled.clone(),
+        );
+        registry.register(
+            "pending_requests",
+            "Served requests (HTTP or gRPC) waiting for their results",
+            m.pending_requests.clone(),
         );
         registry.register(
             "failed_batches_counter",
@@ -224,6 +241,13 @@ impl PluginMetrics {
     /// `count` examples were dropped unrun: nobody waits for their results.
     pub(crate) fn examples_cancelled(&self, count: usize) {
         self.cancelled.inc_by(count as u64);
+    }
+
+    /// A served request waits for its results until the returned guard is dropped,
+    /// however the request ends (answered, failed, timed out, client gone).
+    pub(crate) fn request_pending(&self) -> PendingRequest {
+        self.pending_requests.inc();
+        PendingRequest(self.pending_requests.clone())
     }
 
     /// A batch failed.

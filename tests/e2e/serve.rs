@@ -545,7 +545,18 @@ fn requests_given_up_never_reach_the_handler() {
     )
     .unwrap();
     server.wait_for("slow", "queued B's and C's rows", |l| l.queued == 3);
+    assert_eq!(metrics(&server).get("slow_pending_requests"), Some(&2.0));
     drop(c);
+    // Only once the server has seen C go (A alone pending) may A's rows finish, or
+    // the batcher could reach C's row before its client's departure is noticed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while metrics(&server).get("slow_pending_requests") != Some(&1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "C's departure never noticed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     server.signal();
     let (status, out) = a.join().unwrap();
     assert_eq!(status, 200, "{out}");
@@ -566,6 +577,7 @@ fn requests_given_up_never_reach_the_handler() {
                 .map(|(_, v)| v)
                 .sum();
             assert_eq!(ran, 2.0, "{values:?}");
+            assert_eq!(values.get("slow_pending_requests"), Some(&0.0));
             break;
         }
         assert!(

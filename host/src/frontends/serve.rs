@@ -1066,6 +1066,7 @@ async fn infer_examples(
         .request_timeout_ms
         .map_or(state.config.request_timeout, Duration::from_millis);
     let timeout = client_timeout.map_or(limit, |t| t.min(limit));
+    let _pending = live.plugin.metrics().request_pending();
     let replies = live.dispatcher.try_submit_all(key, examples).map_err(|full| {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
