@@ -80,6 +80,23 @@ pub(crate) struct CommonArgs {
     /// (each holds a copy of the weights) [default: the number of cores]
     #[arg(long, value_name = "N")]
     pub(crate) onnxruntime_sessions: Option<usize>,
+    /// Where remote models (s3://, gs://, az://, http(s)://) are cached, shared by
+    /// plugins and restarts [default: models/ in the compile cache directory]
+    #[arg(long, env = "RUNINFER_MODEL_CACHE", value_name = "DIR")]
+    pub(crate) model_cache_dir: Option<PathBuf>,
+    /// Size of the model cache in MiB; the least recently used models go past it.
+    #[arg(long, default_value_t = 20480, value_name = "MIB")]
+    pub(crate) model_cache_mb: u64,
+    /// Only these URL prefixes may plugins name as models (repeat, or separate by
+    /// commas); `{plugin}` stands for the plugin's name, e.g.
+    /// `s3://models/{plugin}/` [default: any URL of a known store]
+    #[arg(
+        long,
+        env = "RUNINFER_MODEL_URL_ALLOW",
+        value_name = "PREFIX",
+        value_delimiter = ','
+    )]
+    pub(crate) model_url_allow: Vec<String>,
 }
 
 impl CommonArgs {
@@ -120,6 +137,15 @@ impl CommonArgs {
         });
         config.default_backend = self.backend;
         config.onnxruntime = onnxruntime;
+        if let Some(dir) = self
+            .model_cache_dir
+            .clone()
+            .or_else(|| self.cache_dir.as_ref().map(|d| d.join("models")))
+        {
+            config.model_store.cache_dir = dir;
+        }
+        config.model_store.max_bytes = self.model_cache_mb.max(1) << 20;
+        config.model_store.allow = self.model_url_allow.clone();
         Host::new(config)
     }
 }

@@ -57,6 +57,9 @@ pub(crate) struct RunArgs {
     /// With --watch: how long file events must be quiet before the host looks.
     #[arg(long, default_value_t = 500)]
     pub(crate) settle_ms: u64,
+    /// How often remote models (object stores, HTTP) are checked for a new version.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub(crate) model_poll_secs: u64,
     /// Inference argument passed to every run-inference call (repeatable).
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) args: Vec<(String, String)>,
@@ -110,7 +113,10 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
             dispatch_options(p, &run_options)
         });
         let _watch = plugins
-            .watch(Duration::from_millis(args.settle_ms))
+            .watch(
+                Duration::from_millis(args.settle_ms),
+                Duration::from_secs(args.model_poll_secs.max(1)),
+            )
             .with_context(|| format!("cannot watch {}", root.display()))?;
         let Some(live) = plugins.get(&args.plugin) else {
             bail!(

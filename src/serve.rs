@@ -43,6 +43,9 @@ pub(crate) struct ServeArgs {
     /// How long file events must be quiet before the host looks.
     #[arg(long, default_value_t = 500)]
     pub(crate) settle_ms: u64,
+    /// How often remote models (object stores, HTTP) are checked for a new version.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub(crate) model_poll_secs: u64,
     /// Shut down (gracefully) when standard input closes: a parent that starts the
     /// server holds its stdin, so the server never outlives the parent.
     #[arg(long)]
@@ -70,7 +73,10 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     } else {
         Some(
             plugins
-                .watch(Duration::from_millis(args.settle_ms))
+                .watch(
+                    Duration::from_millis(args.settle_ms),
+                    Duration::from_secs(args.model_poll_secs.max(1)),
+                )
                 .with_context(|| format!("cannot watch {}", root.display()))?,
         )
     };

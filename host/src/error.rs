@@ -139,6 +139,14 @@ pub enum PluginError {
         /// Why.
         source: InferenceError,
     },
+    /// `update_model_path` named no model of the plugin, or a path it may not use.
+    #[error("plugin `{plugin}`: update_model_path: {message}")]
+    ModelPath {
+        /// The plugin.
+        plugin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No plugin of that name in the plugin root.
     #[error("no plugin `{name}` in {root} (plugins there: {available})")]
     NotFound {

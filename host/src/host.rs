@@ -3,6 +3,7 @@
 
 use crate::manifest::MANIFEST_FILE;
 use crate::metrics::Metrics;
+use crate::model::store::{ModelStore, StoreConfig};
 use crate::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
 use crate::plugin::compile::CompileCache;
 use crate::sandbox::bindings::Handler;
@@ -34,6 +35,8 @@ pub struct HostConfig {
     pub default_backend: BackendKind,
     /// Where onnxruntime is loaded from, and its threads per call.
     pub onnxruntime: OnnxruntimeConfig,
+    /// The cache of remote models.
+    pub model_store: StoreConfig,
 }
 
 /// Sizes of the pooling allocator, set explicitly (the pool reserves address space
@@ -67,6 +70,7 @@ impl Default for HostConfig {
             pooling: None,
             default_backend: BackendKind::default(),
             onnxruntime: OnnxruntimeConfig::default(),
+            model_store: StoreConfig::default(),
         }
     }
 }
@@ -98,6 +102,7 @@ pub(crate) struct HostInner {
     pub linker: Linker<InstanceState>,
     pub config: HostConfig,
     pub models: ModelRegistry,
+    pub store: ModelStore,
     pub metrics: Arc<Metrics>,
     ticker: EpochTicker,
     key_lru: Mutex<KeySetLru>,
@@ -163,12 +168,14 @@ impl Host {
         let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
         let metrics = Arc::new(Metrics::new());
         let models = ModelRegistry::new(metrics.model_loads(), config.onnxruntime.clone());
+        let store = ModelStore::new(config.model_store.clone(), metrics.store());
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
                 linker,
                 config,
                 models,
+                store,
                 metrics,
                 ticker,
                 key_lru: Mutex::default(),

@@ -165,8 +165,17 @@ pub enum ModelEntry {
         /// plans a graph for known sizes; e.g. `x = [-1, 3, 48, 192]`).
         #[serde(default)]
         input_shapes: BTreeMap<String, Vec<i64>>,
+        /// The SHA-256 the model's bytes must have (hex): anything else is refused
+        /// and the model serving keeps serving.
+        #[serde(default)]
+        sha256: Option<String>,
     },
 }
+
+/// URL schemes of the model stores (`object_store`'s names for them).
+pub const REMOTE_SCHEMES: [&str; 9] = [
+    "s3", "s3a", "gs", "az", "azure", "abfs", "abfss", "http", "https",
+];
 
 impl ModelEntry {
     /// The model file or file pattern, relative to the plugin directory.
@@ -176,10 +185,58 @@ impl ModelEntry {
         }
     }
 
-    /// True when the path is a file pattern (`*`, `?` or `[...]`, like Beam's
-    /// `WatchFilePattern`): the newest matching file is the model.
+    /// The remote location (`s3://…`, `gs://…`, `az://…`, `http(s)://…`) when the
+    /// entry names one instead of a file of the plugin.
+    pub fn remote(&self) -> Option<url::Url> {
+        let text = self.path().to_str()?;
+        text.contains("://")
+            .then(|| url::Url::parse(text).ok())
+            .flatten()
+    }
+
+    /// True when the path is a file or object pattern (`*`, `?` or `[...]`, like
+    /// Beam's `WatchFilePattern`): the newest match is the model. An HTTP URL is
+    /// never one (`?` starts its query, and HTTP cannot list).
     pub fn is_pattern(&self) -> bool {
+        if self
+            .remote()
+            .is_some_and(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            return false;
+        }
         self.path().to_string_lossy().contains(['*', '?', '['])
+    }
+
+    /// True when what the entry names can change without the manifest changing: a
+    /// pattern, or a remote object (both are polled by model refresh).
+    pub fn is_dynamic(&self) -> bool {
+        self.is_pattern() || self.remote().is_some()
+    }
+
+    /// The same entry (engine, input shapes) for another file or object, unpinned:
+    /// a pin names the manifest's object, not the new one.
+    pub fn with_path(&self, path: PathBuf) -> ModelEntry {
+        match self {
+            ModelEntry::Path(_) => ModelEntry::Path(path),
+            ModelEntry::Table {
+                backend,
+                input_shapes,
+                ..
+            } => ModelEntry::Table {
+                path,
+                backend: *backend,
+                input_shapes: input_shapes.clone(),
+                sha256: None,
+            },
+        }
+    }
+
+    /// The pinned SHA-256, if any.
+    pub fn sha256(&self) -> Option<&str> {
+        match self {
+            ModelEntry::Path(_) => None,
+            ModelEntry::Table { sha256, .. } => sha256.as_deref(),
+        }
     }
 
     /// The model file, relative to `dir`: the path itself, or the newest file that
@@ -406,7 +463,7 @@ impl Manifest {
         }
         for (name, entry) in &self.models {
             check_name(name).map_err(|m| invalid(format!("models.{name}"), m))?;
-            check_relative(entry.path()).map_err(|m| invalid(format!("models.{name}"), m))?;
+            check_model_entry(entry).map_err(|m| invalid(format!("models.{name}"), m))?;
         }
         Ok(())
     }
@@ -454,8 +511,7 @@ impl Manifest {
                         format!("`{name}` is not a model of [models]"),
                     ));
                 }
-                check_relative(entry.path())
-                    .map_err(|m| invalid(at(&format!("models.{name}")), m))?;
+                check_model_entry(entry).map_err(|m| invalid(at(&format!("models.{name}")), m))?;
             }
         }
         Ok(())
@@ -501,6 +557,50 @@ fn check_name(name: &str) -> Result<(), String> {
             "expected 1-64 letters, digits, `-` or `_`, starting with a letter or digit, got {name:?}"
         ))
     }
+}
+
+/// A model entry names a file of the plugin, or a remote object of a known store;
+/// a pin is a SHA-256 and names one object, not a pattern.
+pub(crate) fn check_model_entry(entry: &ModelEntry) -> Result<(), String> {
+    let text = entry.path().to_string_lossy();
+    if text.contains("://") {
+        let url = url::Url::parse(&text).map_err(|e| format!("bad URL {text:?}: {e}"))?;
+        if !REMOTE_SCHEMES.contains(&url.scheme()) {
+            return Err(format!(
+                "unknown model store `{}://` (known: {})",
+                url.scheme(),
+                REMOTE_SCHEMES.map(|s| format!("{s}://")).join(", ")
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(format!("expected a bucket or host in {text:?}"));
+        }
+        if url.path().trim_start_matches('/').is_empty() {
+            return Err(format!("expected an object key in {text:?}"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "a model URL names an object, without `?` or `#` (credentials and \
+                 signatures come from the store's environment): {text:?}"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            // Credentials come from the store's environment, never from a manifest
+            // a tenant wrote (and that ends up in model ids and logs).
+            return Err("credentials may not be written in a model URL".into());
+        }
+    } else {
+        check_relative(entry.path())?;
+    }
+    if let Some(pin) = entry.sha256() {
+        if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("sha256 must be 64 hex digits, got {pin:?}"));
+        }
+        if entry.is_pattern() {
+            return Err("sha256 pins one object; a pattern names many".into());
+        }
+    }
+    Ok(())
 }
 
 /// Paths in a manifest stay inside the plugin directory.
@@ -620,6 +720,50 @@ mod tests {
         assert_eq!(m.grants, Grants::default());
         assert_eq!(m.limits, Limits::default());
         assert!(m.models.is_empty());
+    }
+
+    #[test]
+    fn remote_models_name_a_known_store_an_object_and_no_credentials() {
+        let models = |entry: &str| {
+            parse(&format!(
+                "name = \"t\"\ncomponent = \"t.wasm\"\n[models]\nm = {entry}\n"
+            ))
+        };
+        let pin = "ab".repeat(32);
+        let m = models(r#"{ path = "s3://bucket/dir/m-*.onnx" }"#).unwrap();
+        let entry = &m.models["m"];
+        assert_eq!(entry.remote().unwrap().host_str(), Some("bucket"));
+        assert!(entry.is_pattern() && entry.is_dynamic());
+        let m = models(&format!(
+            r#"{{ path = "https://h/m.onnx", sha256 = "{pin}" }}"#
+        ))
+        .unwrap();
+        assert!(!m.models["m"].is_pattern() && m.models["m"].is_dynamic());
+        assert_eq!(m.models["m"].sha256(), Some(pin.as_str()));
+        assert!(!models(r#""m.onnx""#).unwrap().models["m"].is_dynamic());
+
+        let pinned_pattern = format!(r#"{{ path = "s3://b/m-*.onnx", sha256 = "{pin}" }}"#);
+        for (entry, expected) in [
+            (r#""ftp://h/m.onnx""#, "unknown model store `ftp://`"),
+            (r#""s3:///m.onnx""#, "expected a bucket or host"),
+            (r#""gs://bucket/""#, "expected an object key"),
+            (
+                r#""https://u:secret@h/m.onnx""#,
+                "credentials may not be written",
+            ),
+            (
+                r#""https://h/m.onnx?X-Amz-Signature=1""#,
+                "without `?` or `#`",
+            ),
+            (r#"{ path = "m.onnx", sha256 = "abc" }"#, "64 hex digits"),
+            (&pinned_pattern, "a pattern names many"),
+        ] {
+            let err = models(entry).unwrap_err();
+            assert!(
+                err.contains("`models.m`") && err.contains(expected),
+                "{entry}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -355,6 +355,35 @@ pub struct Metrics {
     model_evictions: Counter,
     plugin_load_failures: Counter,
     model_refresh_failures: Counter,
+    store: StoreMetrics,
+}
+
+/// Host-wide counters of remote model stores and the model cache.
+#[derive(Clone)]
+pub(crate) struct StoreMetrics {
+    /// Objects downloaded into the cache.
+    pub downloads: Counter,
+    /// Bytes downloaded.
+    pub download_bytes: Counter,
+    /// Time per download.
+    pub download_seconds: Histogram,
+    /// Remote models found in the cache, unchanged.
+    pub cache_hits: Counter,
+    /// Store calls that failed (unreachable, denied, missing object, digest mismatch).
+    pub errors: Counter,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> Self {
+        StoreMetrics {
+            downloads: Counter::default(),
+            download_bytes: Counter::default(),
+            // 10 ms .. ~3 h
+            download_seconds: Histogram::new(exponential_buckets(0.01, 3.0, 14)),
+            cache_hits: Counter::default(),
+            errors: Counter::default(),
+        }
+    }
 }
 
 /// Prefix of the host-wide metrics; no namespace may take it.
@@ -368,6 +397,7 @@ impl Default for Metrics {
         let model_evictions = Counter::default();
         let plugin_load_failures = Counter::default();
         let model_refresh_failures = Counter::default();
+        let store = StoreMetrics::default();
         for (name, help, counter) in [
             (
                 "runinfer_model_loads",
@@ -389,12 +419,40 @@ impl Default for Metrics {
                 "Model refreshes that failed (the old model kept serving)",
                 &model_refresh_failures,
             ),
+            (
+                "runinfer_model_downloads",
+                "Remote model objects downloaded into the model cache",
+                &store.downloads,
+            ),
+            (
+                "runinfer_model_download_bytes",
+                "Bytes of remote model objects downloaded",
+                &store.download_bytes,
+            ),
+            (
+                "runinfer_model_cache_hits",
+                "Remote models found unchanged in the model cache (not downloaded)",
+                &store.cache_hits,
+            ),
+            (
+                "runinfer_model_store_errors",
+                "Calls to a model store that failed (unreachable, denied, no such object, digest mismatch)",
+                &store.errors,
+            ),
         ] {
             names
                 .take(name, Kind::Counter)
                 .expect("the host's own names are distinct");
             registry.register(name, help, counter.clone());
         }
+        names
+            .take("runinfer_model_download_seconds", Kind::Histogram)
+            .expect("the host's own names are distinct");
+        registry.register(
+            "runinfer_model_download_seconds",
+            "Time to download a remote model object",
+            store.download_seconds.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             names: Mutex::new(names),
@@ -402,6 +460,7 @@ impl Default for Metrics {
             model_evictions,
             plugin_load_failures,
             model_refresh_failures,
+            store,
         }
     }
 }
@@ -544,6 +603,11 @@ impl Metrics {
     /// The counter of model file loads (shared with the model registry).
     pub(crate) fn model_loads(&self) -> Counter {
         self.model_loads.clone()
+    }
+
+    /// The metrics of remote model stores (shared with the model store).
+    pub(crate) fn store(&self) -> StoreMetrics {
+        self.store.clone()
     }
 
     /// The counters of plugin load failures and model refresh failures.

@@ -41,6 +41,19 @@ pub enum ModelError {
     /// A file pattern matches no file (or is malformed).
     #[error("{0}")]
     Pattern(String),
+    /// A remote model could not be fetched (boxed: it is large and rare).
+    #[error(transparent)]
+    Fetch(Box<store::StoreError>),
+    /// The model's bytes are not the pinned ones.
+    #[error("{path} has SHA-256 {actual}, not the pinned {expected}: refused")]
+    Digest {
+        /// The file.
+        path: PathBuf,
+        /// The pin.
+        expected: String,
+        /// The file's digest.
+        actual: String,
+    },
     /// The backend failed while running.
     #[error("{backend} failed to run the model: {message}")]
     Run {
@@ -62,6 +75,12 @@ pub struct TensorInfo {
     pub shape: Vec<Option<u64>>,
 }
 
+impl From<store::StoreError> for ModelError {
+    fn from(error: store::StoreError) -> Self {
+        ModelError::Fetch(Box::new(error))
+    }
+}
+
 /// An inference engine's loaded model. Object safe, so engines can be chosen per model.
 pub trait Backend: Send + Sync {
     /// The model's inputs, in the order [`Backend::run`] takes them.
@@ -76,8 +95,11 @@ pub trait Backend: Send + Sync {
 pub struct GrantedModel {
     /// Name in the manifest.
     pub name: String,
-    /// File, relative to the plugin directory.
+    /// File, relative to the plugin directory, or the remote object's URL.
     pub path: PathBuf,
+    /// The remote object's revision (ETag, or time and size): what model refresh
+    /// compares. `None` for a file of the plugin.
+    pub revision: Option<String>,
     /// `<path>@<digest prefix>`: attached to every prediction it makes.
     pub id: String,
     /// The shared model.
@@ -341,4 +363,5 @@ impl ModelRegistry {
 
 mod external_data;
 mod onnxruntime;
+pub mod store;
 mod tract;

@@ -136,6 +136,9 @@ pub struct Plugin {
     metrics: Arc<PluginMetrics>,
     /// Swapped whole by a model refresh; running batches keep the set they started with.
     base: RwLock<Arc<ModelSet>>,
+    /// `[models]` entries replaced by [`Plugin::update_model_path`] (until the
+    /// plugin is reloaded).
+    model_paths: Mutex<BTreeMap<String, ModelEntry>>,
     key_sets: Vec<Arc<KeyModelSet>>,
     key_index: HashMap<KeyName, usize>,
     max_instances: usize,
@@ -205,6 +208,7 @@ impl Plugin {
             },
             metrics,
             base: RwLock::new(base),
+            model_paths: Mutex::default(),
             key_sets,
             key_index,
         })
@@ -274,27 +278,25 @@ impl Plugin {
     /// old set keeps serving.
     pub fn refresh_models(&self) -> Result<Option<String>, PluginError> {
         let current = self.base_set();
-        let mut changed = Vec::new();
-        for (name, entry) in self.manifest.models.iter().filter(|(_, e)| e.is_pattern()) {
-            let newest = entry.resolve(&self.dir).map_err(|m| PluginError::Model {
-                plugin: self.name().to_string(),
-                model: name.clone(),
-                source: crate::model::ModelError::Pattern(m),
-            })?;
-            if current
-                .env
-                .models
-                .get(name)
-                .is_none_or(|m| m.path != newest)
-            {
-                changed.push(name.clone());
-            }
-        }
+        let entries = self.model_entries();
+        let sources = resolve_models(&self.host, &self.manifest, &self.dir, &entries)?;
+        let changed: Vec<String> = entries
+            .keys()
+            .filter(|name| {
+                let now = &sources[*name];
+                current
+                    .env
+                    .models
+                    .get(*name)
+                    .is_none_or(|m| m.path != now.path || m.revision != now.revision)
+            })
+            .cloned()
+            .collect();
         if changed.is_empty() {
             return Ok(None);
         }
         let start = Instant::now();
-        let env = bind_models(&self.host, &self.manifest, &self.dir, &self.manifest.models)?;
+        let env = bind_sources(&self.host, &self.manifest, &self.dir, &entries, sources)?;
         let mut instance = self.start_instance(env.clone())?;
         for name in &changed {
             let path = env.models[name].path.to_string_lossy().into_owned();
@@ -322,6 +324,77 @@ impl Plugin {
         }
         tracing::info!(plugin = %self.name(), model_id = %set.model_id, "models refreshed");
         Ok(Some(set.model_id.clone()))
+    }
+
+    /// The `[models]` entries in force: the manifest's, with those replaced by
+    /// [`Plugin::update_model_path`].
+    fn model_entries(&self) -> BTreeMap<String, ModelEntry> {
+        let mut entries = self.manifest.models.clone();
+        let replaced = self.model_paths.lock().unwrap_or_else(|e| e.into_inner());
+        entries.extend(replaced.iter().map(|(k, v)| (k.clone(), v.clone())));
+        entries
+    }
+
+    /// True when a model in force names a remote object (polled for changes).
+    pub fn has_remote_models(&self) -> bool {
+        self.model_entries().values().any(|e| e.remote().is_some())
+    }
+
+    /// Beam's `update_model_path`: serves the model `model` (the plugin's only one
+    /// when `None`) from `path` — a file of the plugin (or a pattern) or a remote
+    /// object — through model refresh: loaded beside the current one and swapped in
+    /// only if it loads and the handler accepts it; on error the current one keeps
+    /// serving. Later polls and rescans follow the new path until the plugin is
+    /// reloaded. Returns the model id now serving.
+    pub fn update_model_path(
+        &self,
+        model: Option<&str>,
+        path: &str,
+    ) -> Result<String, PluginError> {
+        let refuse = |message: String| PluginError::ModelPath {
+            plugin: self.name().to_string(),
+            message,
+        };
+        let name = match model {
+            Some(name) => name.to_string(),
+            None if self.manifest.models.len() == 1 => self
+                .manifest
+                .models
+                .keys()
+                .next()
+                .expect("one model")
+                .clone(),
+            None => {
+                return Err(refuse(format!(
+                    "name the model: the plugin has {} in [models]",
+                    self.manifest.models.len()
+                )));
+            }
+        };
+        let Some(declared) = self.manifest.models.get(&name) else {
+            return Err(refuse(format!(
+                "`{}` is not a model of [models]",
+                crate::untrusted::guest_text(&name)
+            )));
+        };
+        let entry = declared.with_path(PathBuf::from(path));
+        crate::manifest::check_model_entry(&entry).map_err(refuse)?;
+        let previous = self
+            .model_paths
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), entry);
+        match self.refresh_models() {
+            Ok(id) => Ok(id.unwrap_or_else(|| self.model_id())),
+            Err(e) => {
+                let mut replaced = self.model_paths.lock().unwrap_or_else(|e| e.into_inner());
+                match previous {
+                    Some(entry) => replaced.insert(name, entry),
+                    None => replaced.remove(&name),
+                };
+                Err(e)
+            }
+        }
     }
 
     /// Warm instances to keep per model set, and the most batches run at once:
@@ -692,12 +765,111 @@ impl Host {
     }
 }
 
+/// Where a granted model's bytes come from, as resolved now.
+struct Source {
+    /// The file relative to the plugin directory, or the remote object's URL.
+    path: PathBuf,
+    /// The remote object's revision.
+    revision: Option<String>,
+    /// The file to load: in the plugin directory, or the model cache's blob.
+    file: PathBuf,
+}
+
+/// Resolves each of `entries`: a pattern to its newest file or object, a remote
+/// object to its cached copy (downloaded if it changed).
+fn resolve_models(
+    host: &Host,
+    manifest: &Manifest,
+    dir: &Path,
+    entries: &BTreeMap<String, ModelEntry>,
+) -> Result<BTreeMap<String, Source>, PluginError> {
+    let inner = host.inner();
+    let mut sources = BTreeMap::new();
+    for (name, entry) in entries {
+        let model_error = |source| PluginError::Model {
+            plugin: manifest.name.clone(),
+            model: name.clone(),
+            source,
+        };
+        let source = match entry.remote() {
+            Some(url) => {
+                let fetched = inner
+                    .store
+                    .check_allowed(&manifest.name, &url)
+                    .and_then(|()| inner.store.fetch(&url, entry.is_pattern(), entry.sha256()))
+                    .map_err(|e| model_error(e.into()))?;
+                Source {
+                    path: PathBuf::from(&fetched.location),
+                    revision: Some(fetched.revision.clone()),
+                    file: inner.store.blob(&fetched),
+                }
+            }
+            None => {
+                let relative = entry
+                    .resolve(dir)
+                    .map_err(|m| model_error(crate::model::ModelError::Pattern(m)))?;
+                let file = dir.join(&relative);
+                if let Some(pin) = entry.sha256() {
+                    check_pin(&file, pin).map_err(model_error)?;
+                }
+                Source {
+                    path: relative,
+                    revision: None,
+                    file,
+                }
+            }
+        };
+        sources.insert(name.clone(), source);
+    }
+    Ok(sources)
+}
+
+/// A local model file must have the pinned SHA-256.
+fn check_pin(file: &Path, pin: &str) -> Result<(), crate::model::ModelError> {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut reader =
+        std::fs::File::open(file).map_err(|source| crate::model::ModelError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+    std::io::copy(&mut reader, &mut hasher).map_err(|source| crate::model::ModelError::Read {
+        path: file.to_path_buf(),
+        source,
+    })?;
+    let actual: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if !actual.eq_ignore_ascii_case(pin) {
+        return Err(crate::model::ModelError::Digest {
+            path: file.to_path_buf(),
+            expected: pin.to_ascii_lowercase(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
 /// Loads (or finds loaded) the models `entries` and binds them to their names.
 fn bind_models(
     host: &Host,
     manifest: &Manifest,
     dir: &Path,
     entries: &BTreeMap<String, ModelEntry>,
+) -> Result<Arc<PluginEnv>, PluginError> {
+    let sources = resolve_models(host, manifest, dir, entries)?;
+    bind_sources(host, manifest, dir, entries, sources)
+}
+
+/// Loads (or finds loaded) the models of resolved `entries`.
+fn bind_sources(
+    host: &Host,
+    manifest: &Manifest,
+    dir: &Path,
+    entries: &BTreeMap<String, ModelEntry>,
+    mut sources: BTreeMap<String, Source>,
 ) -> Result<Arc<PluginEnv>, PluginError> {
     let inner = host.inner();
     let mut models = BTreeMap::new();
@@ -707,23 +879,22 @@ fn bind_models(
             model: name.clone(),
             source,
         };
-        let relative = entry
-            .resolve(dir)
-            .map_err(|m| model_error(crate::model::ModelError::Pattern(m)))?;
+        let source = sources.remove(name).expect("every entry is resolved");
         let model = inner
             .models
             .load(
-                &dir.join(&relative),
+                &source.file,
                 entry.backend().unwrap_or(inner.config.default_backend),
                 entry.input_shapes(),
             )
             .map_err(model_error)?;
-        let id = format!("{}@{}", relative.display(), &model.digest()[..12]);
+        let id = format!("{}@{}", source.path.display(), &model.digest()[..12]);
         models.insert(
             name.clone(),
             Arc::new(GrantedModel {
                 name: name.clone(),
-                path: relative,
+                path: source.path,
+                revision: source.revision,
                 id,
                 model,
             }),

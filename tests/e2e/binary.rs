@@ -6,6 +6,7 @@ mod beam;
 mod cli;
 mod clients;
 mod scale_out;
+mod stores;
 
 pub(crate) use runinfer_e2e::root;
 use std::path::PathBuf;

@@ -140,7 +140,9 @@ fn a_new_model_file_is_swapped_in_under_traffic_and_a_corrupt_one_is_refused() {
     let dir = mlp_root();
     let host = host();
     let root = PluginRoot::open(host.clone(), dir.path(), options);
-    let _watch = root.watch(Duration::from_millis(100)).unwrap();
+    let _watch = root
+        .watch(Duration::from_millis(100), Duration::from_secs(60))
+        .unwrap();
     assert!(root.get("mlp").is_some(), "{:?}", root.status());
     let traffic = traffic(&root, "mlp", v1[0]["example"].clone());
     traffic.answers(50);
@@ -221,7 +223,9 @@ fn a_replaced_manifest_is_swapped_in_without_failing_a_request() {
     };
     std::fs::write(ts.join("plugin.toml"), manifest(1)).unwrap();
     let root = PluginRoot::open(host(), dir.path(), options);
-    let _watch = root.watch(Duration::from_millis(100)).unwrap();
+    let _watch = root
+        .watch(Duration::from_millis(100), Duration::from_secs(60))
+        .unwrap();
     let traffic = traffic(&root, "ts", json!("a few longer words"));
     traffic.answers(50);
     publish(
@@ -254,7 +258,9 @@ fn plugins_appear_disappear_and_fail_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let host = host();
     let root = PluginRoot::open(host.clone(), dir.path(), options);
-    let _watch = root.watch(Duration::from_millis(100)).unwrap();
+    let _watch = root
+        .watch(Duration::from_millis(100), Duration::from_secs(60))
+        .unwrap();
     assert!(root.status().is_empty());
 
     // Dropped in: a copy of iris, written in a hidden directory and renamed.

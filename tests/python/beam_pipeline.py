@@ -10,8 +10,11 @@ first mismatch.
 import json
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -49,6 +52,22 @@ def check_iris(results, iris):
                 raise AssertionError(f"{r.example}: {r.inference} vs {g['probabilities']}")
         if not r.model_id.startswith("models/iris.onnx@"):
             raise AssertionError(f"model id {r.model_id}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port):
+    deadline = time.monotonic() + 30
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        check(time.monotonic() < deadline, f"nothing listens on {port}")
+        time.sleep(0.05)
 
 
 def check(condition, message):
@@ -151,7 +170,8 @@ def main():
         shutil.copy(source / "onnx-tensor.wasm", plugin)
         shutil.copy(source / "models" / "tiny_mlp.onnx", plugin / "models" / "mlp-1.onnx")
         (plugin / "plugin.toml").write_text('name = "mlp"\ncomponent = "onnx-tensor.wasm"\n[models]\nmodel = "models/mlp-*.onnx"\n')
-        h = RuninferModelHandler("mlp", plugin_dir=tmp, binary=BINARY, serve_args=["--settle-ms", "100"])
+        h = RuninferModelHandler("mlp", plugin_dir=tmp, binary=BINARY,
+                                 serve_args=["--settle-ms", "100", "--model-cache-dir", tempfile.mkdtemp(prefix="runinfer-cache-")])
         server = h.load_model()
         v1, v2 = golden("tiny_mlp.jsonl")[:4], golden("tiny_mlp_v2.jsonl")[:4]
         rows = [np.asarray(g["example"], dtype=np.float32) for g in v1]
@@ -165,8 +185,30 @@ def main():
         check(results[0].model_id == model_id, (results[0].model_id, model_id))
         check(len(results) == len(v2), f"{len(results)} results")
         check(np.allclose([r.inference["logits"] for r in results], [g["logits"] for g in v2], atol=TOLERANCE), "v2 logits")
+        print(f"update_model_path: now serving {model_id}, predictions match tiny_mlp_v2")
+
+        # A URI goes to the server, which fetches the object itself (here from an
+        # HTTP file server) when Beam loads the model again.
+        port = free_port()
+        files = subprocess.Popen(
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(source / "models")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_listening(port)
+            uri = f"http://127.0.0.1:{port}/tiny_mlp.onnx"
+            h.update_model_path(uri)
+            server = h.load_model()
+            model_id = h.wait_for_model(server)
+            check(model_id.startswith(uri + "@"), model_id)
+            results = list(h.run_inference(rows, server))
+            check(results[0].model_id == model_id, (results[0].model_id, model_id))
+            check(np.allclose([r.inference["logits"] for r in results], [g["logits"] for g in v1], atol=TOLERANCE),
+                  "logits of the model at the URI")
+        finally:
+            files.kill()
+            files.wait()
         server.stop()
-    print(f"update_model_path: now serving {model_id}, predictions match tiny_mlp_v2")
+    print(f"update_model_path with a URI: now serving {model_id}, predictions match tiny_mlp")
     print("ok")
 
 

@@ -398,12 +398,13 @@ fn repository_error(error: crate::frontends::watch::RepositoryError) -> ApiError
 
 /// A repository call on a blocking thread: `load` compiles and loads models, and
 /// both wait while a rescan changes the live set.
-async fn repository_call(
+async fn repository_call<T: Send + 'static>(
     root: Arc<PluginRoot>,
-    name: String,
-    call: fn(&PluginRoot, &str) -> Result<(), crate::frontends::watch::RepositoryError>,
-) -> Result<(), ApiError> {
-    tokio::task::spawn_blocking(move || call(&root, &name))
+    call: impl FnOnce(&PluginRoot) -> Result<T, crate::frontends::watch::RepositoryError>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || call(&root))
         .await
         .map_err(|e| {
             ApiError(
@@ -414,19 +415,76 @@ async fn repository_call(
         .map_err(repository_error)
 }
 
+/// Repository `load`; with the parameter `model_path` (and `model`, when the plugin
+/// has several), Beam's `update_model_path`: serve that model from a file of the
+/// plugin or a remote object, through model refresh.
+async fn repository_load_with(
+    root: Arc<PluginRoot>,
+    name: String,
+    model_path: Option<String>,
+    model: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    match model_path {
+        None if model.is_some() => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "parameter 'model' needs 'model_path'".into(),
+        )),
+        None => repository_call(root, move |root| root.load(&name).map(|()| None)).await,
+        Some(path) => {
+            repository_call(root, move |root| {
+                root.update_model_path(&name, model.as_deref(), &path)
+                    .map(Some)
+            })
+            .await
+        }
+    }
+}
+
 async fn repository_load(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    body: axum::body::Bytes,
 ) -> ApiResult {
-    repository_call(state.root.clone(), name, PluginRoot::load).await?;
-    Ok(Json(json!({})).into_response())
+    #[derive(Deserialize, Default)]
+    struct LoadRequest {
+        #[serde(default)]
+        parameters: serde_json::Map<String, JsonValue>,
+    }
+    let request: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LoadRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("bad load request: {e}")))?
+    };
+    let text = |key: &str| -> Result<Option<String>, ApiError> {
+        match request.parameters.get(key) {
+            None | Some(JsonValue::Null) => Ok(None),
+            Some(JsonValue::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("parameter '{key}' must be a string"),
+            )),
+        }
+    };
+    let model_id = repository_load_with(
+        state.root.clone(),
+        name,
+        text("model_path")?,
+        text("model")?,
+    )
+    .await?;
+    Ok(Json(match model_id {
+        Some(id) => json!({ "model_id": id }),
+        None => json!({}),
+    })
+    .into_response())
 }
 
 async fn repository_unload(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> ApiResult {
-    repository_call(state.root.clone(), name, PluginRoot::unload).await?;
+    repository_call(state.root.clone(), move |root| root.unload(&name)).await?;
     Ok(Json(json!({})).into_response())
 }
 

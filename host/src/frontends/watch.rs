@@ -10,7 +10,10 @@
 //! * a removed directory is unloaded the same way (drained);
 //! * a `[models]` file pattern whose newest file changed is refreshed
 //!   ([`Plugin::refresh_models`]): the old models keep serving until the new ones
-//!   loaded and an instance accepted them.
+//!   loaded and an instance accepted them;
+//! * remote `[models]` (object stores, HTTP) are polled at a set interval and
+//!   refreshed the same way when their object (or a pattern's newest object)
+//!   changed; a store that cannot be reached leaves the current model serving.
 //!
 //! A plugin that fails to load (bad manifest, invalid wasm, wrong world, missing or
 //! corrupt model) is reported in [`PluginRoot::status`], logged and counted in
@@ -23,6 +26,7 @@ use crate::plugin::Plugin;
 use notify::Watcher;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -43,7 +47,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     let mut files = vec![dir.join(MANIFEST_FILE)];
     if let Ok(manifest) = Manifest::load(dir) {
         files.push(dir.join(&manifest.component));
-        for entry in manifest.models.values().filter(|e| !e.is_pattern()) {
+        for entry in manifest.models.values().filter(|e| !e.is_dynamic()) {
             files.push(dir.join(entry.path()));
         }
     }
@@ -316,6 +320,43 @@ impl PluginRoot {
             .map_err(RepositoryError::Failed)
     }
 
+    /// Triton's repository `load` with a model path (Beam's `update_model_path`):
+    /// loads the plugin `name` if it is not live, then serves its model `model`
+    /// from `path` through model refresh ([`Plugin::update_model_path`]). Returns
+    /// the model id now serving. Blocking (may download and load a model).
+    pub fn update_model_path(
+        &self,
+        name: &str,
+        model: Option<&str>,
+        path: &str,
+    ) -> Result<String, RepositoryError> {
+        let live = self
+            .live
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let live = match live {
+            Some(live) => live,
+            None => {
+                self.load(name)?;
+                self.live
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        RepositoryError::Failed(format!("plugin '{name}' did not go live"))
+                    })?
+            }
+        };
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        live.plugin.update_model_path(model, path).map_err(|e| {
+            self.refresh_failures.inc();
+            RepositoryError::Failed(crate::untrusted::escape_control(&e.to_string()).into_owned())
+        })
+    }
+
     /// Unloads the plugin `name` as Triton's repository `unload` does: it stops taking
     /// requests, its queued and running examples finish (as when its directory is
     /// removed), and rescans leave it unloaded until [`PluginRoot::load`].
@@ -368,10 +409,25 @@ impl PluginRoot {
         }
     }
 
+    /// Refreshes the live plugins that have remote models (see the module docs).
+    pub fn poll_remote_models(&self) {
+        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        for live in self.live_plugins() {
+            if live.plugin.has_remote_models() {
+                self.refresh(live.plugin.name(), &live);
+            }
+        }
+    }
+
     /// Watches the plugin root and rescans once file events have been quiet for
-    /// `settle` (so a file being written is not read half-way; see the README). The
-    /// watch stops when the returned handle is dropped.
-    pub fn watch(self: &Arc<Self>, settle: Duration) -> notify::Result<WatchHandle> {
+    /// `settle` (so a file being written is not read half-way; see the README), and
+    /// polls remote models every `poll`. The watch stops when the returned handle is
+    /// dropped.
+    pub fn watch(
+        self: &Arc<Self>,
+        settle: Duration,
+        poll: Duration,
+    ) -> notify::Result<WatchHandle> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -395,7 +451,31 @@ impl PluginRoot {
                 }
             })
             .expect("cannot start the watch thread");
-        Ok(WatchHandle { _watcher: watcher })
+        let stop = Arc::new(AtomicBool::new(false));
+        let (flag, root) = (stop.clone(), Arc::downgrade(self));
+        std::thread::Builder::new()
+            .name("runinfer-poll".into())
+            .spawn(move || {
+                let step = poll.min(Duration::from_millis(100));
+                loop {
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < poll {
+                        if flag.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        std::thread::sleep(step);
+                    }
+                    match root.upgrade() {
+                        Some(root) => root.poll_remote_models(),
+                        None => return,
+                    }
+                }
+            })
+            .expect("cannot start the poll thread");
+        Ok(WatchHandle {
+            _watcher: watcher,
+            stop,
+        })
     }
 }
 
@@ -413,4 +493,11 @@ pub enum RepositoryError {
 /// Keeps a [`PluginRoot::watch`] running.
 pub struct WatchHandle {
     _watcher: notify::RecommendedWatcher,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for WatchHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }

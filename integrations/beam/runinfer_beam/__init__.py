@@ -72,6 +72,7 @@ class RuninferModelHandler(ModelHandler[Any, PredictionResult, RuninferServer]):
         }
         self._info: Optional[Dict[str, Any]] = None
         self._pending_model_id: Optional[str] = None
+        self._model_uri: Optional[str] = None
         # Beam's base class keeps its own batching and model-copies settings.
         super().__init__()
 
@@ -122,6 +123,10 @@ class RuninferModelHandler(ModelHandler[Any, PredictionResult, RuninferServer]):
         # at once instead of waiting for company that will not come.
         server = RuninferServer(self._binary, self._plugin_dir, ["--max-batch-duration-ms", "0", *self._serve_args])
         self._check_plugin(server)
+        if self._model_uri:
+            # Beam calls load_model again after update_model_path: the server fetches
+            # the object itself (cached, pinned by its store's ETag), no worker copy.
+            server.load_model_path(self._plugin, self._model_uri)
         return server
 
     def _check_plugin(self, server: RuninferServer) -> None:
@@ -167,11 +172,18 @@ class RuninferModelHandler(ModelHandler[Any, PredictionResult, RuninferServer]):
 
     def update_model_path(self, model_path: Optional[str] = None) -> None:
         """Deploys `model_path` as the plugin's model through runinfer's model refresh:
-        the file is copied (write, then rename) into the directory of the plugin's
-        `[models]` file pattern, where the server's watcher finds it as the newest
-        match, loads it in the background and swaps it in only if it loads. Needs the
-        plugin's model to be a file pattern (for example `models/iris-*.onnx`)."""
+        a URI (`s3://`, `gs://`, `az://`, `https://`…) goes to the server, which fetches
+        it into its model cache (credentials from the server's environment) when Beam
+        loads the model next (`load_model`); a local file is copied (write, then
+        rename) into the directory of the plugin's `[models]` file pattern, where the
+        server's watcher finds it as the newest match. Either way the new model is
+        swapped in only if it loads. A local file needs the plugin's model to be a file
+        pattern (for example `models/iris-*.onnx`)."""
         if not model_path:
+            return
+        if "://" in model_path:
+            self._model_uri = model_path
+            self._pending_model_id = model_path
             return
         manifest = _read_manifest(Path(self._plugin_dir) / self._plugin / "plugin.toml")
         patterns = [p for p in manifest.get("models", {}).values() if any(c in p for c in "*?[")]

@@ -157,6 +157,23 @@ class RuninferServer:
             raise RuninferError(f"GET {path}: {status} {_error(body)}")
         return json.loads(body)
 
+    def load_model_path(self, model: str, model_path: str, name: Optional[str] = None) -> str:
+        """Serves the plugin `model`'s model `name` (its only one when None) from
+        `model_path` — a file of the plugin or a remote object (`s3://`, `gs://`,
+        `https://`…) that the server fetches itself — through model refresh; the old
+        model serves until the new one loaded. Returns the model id now serving."""
+        parameters = {"model_path": model_path}
+        if name is not None:
+            parameters["model"] = name
+        status, _, body = self.call(
+            "POST", f"/v2/repository/models/{model}/load",
+            json.dumps({"parameters": parameters}).encode(), {"Content-Type": "application/json"},
+        )
+        if status != 200:
+            raise RuninferError(f"load {model_path} for {model}: {status} {_error(body)}")
+        self._metadata.pop(model, None)
+        return json.loads(body)["model_id"]
+
     def model_metadata(self, model: str) -> Dict[str, Any]:
         return self.get_json(f"/v2/models/{model}")
 

@@ -502,8 +502,20 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Result<Response<RepositoryModelLoadResponse>, Status> {
-        let name = request.into_inner().model_name;
-        super::repository_call(self.state.root.clone(), name, PluginRoot::load).await?;
+        use model_repository_parameter::ParameterChoice as Choice;
+        let request = request.into_inner();
+        let text = |key: &str| match request.parameters.get(key) {
+            None => Ok(None),
+            Some(ModelRepositoryParameter {
+                parameter_choice: Some(Choice::StringParam(s)),
+            }) => Ok(Some(s.clone())),
+            Some(_) => Err(Status::invalid_argument(format!(
+                "parameter '{key}' must be a string"
+            ))),
+        };
+        let (path, model) = (text("model_path")?, text("model")?);
+        super::repository_load_with(self.state.root.clone(), request.model_name, path, model)
+            .await?;
         Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
@@ -512,7 +524,7 @@ impl GrpcInferenceService for Service {
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Result<Response<RepositoryModelUnloadResponse>, Status> {
         let name = request.into_inner().model_name;
-        super::repository_call(self.state.root.clone(), name, PluginRoot::unload).await?;
+        super::repository_call(self.state.root.clone(), move |root| root.unload(&name)).await?;
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 }
