@@ -139,6 +139,9 @@ pub struct Plugin {
     /// `[models]` entries replaced by [`Plugin::update_model_path`] (until the
     /// plugin is reloaded).
     model_paths: Mutex<BTreeMap<String, ModelEntry>>,
+    /// One model refresh at a time (the poll, a rescan and `update_model_path` may
+    /// ask at once); held across a download, so no host-wide lock is.
+    refreshing: Mutex<()>,
     key_sets: Vec<Arc<KeyModelSet>>,
     key_index: HashMap<KeyName, usize>,
     max_instances: usize,
@@ -209,6 +212,7 @@ impl Plugin {
             metrics,
             base: RwLock::new(base),
             model_paths: Mutex::default(),
+            refreshing: Mutex::new(()),
             key_sets,
             key_index,
         })
@@ -277,6 +281,7 @@ impl Plugin {
     /// old set. Returns the new model id, or `None` when nothing changed. On error the
     /// old set keeps serving.
     pub fn refresh_models(&self) -> Result<Option<String>, PluginError> {
+        let _refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.base_set();
         let entries = self.model_entries();
         let sources = resolve_models(&self.host, &self.manifest, &self.dir, &entries)?;

@@ -350,7 +350,6 @@ impl PluginRoot {
                     })?
             }
         };
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         live.plugin.update_model_path(model, path).map_err(|e| {
             self.refresh_failures.inc();
             RepositoryError::Failed(crate::untrusted::escape_control(&e.to_string()).into_owned())
@@ -410,8 +409,9 @@ impl PluginRoot {
     }
 
     /// Refreshes the live plugins that have remote models (see the module docs).
+    /// Each plugin refreshes under its own lock, not the root's: a slow store delays
+    /// its plugin's refresh, never a rescan or a repository call.
     pub fn poll_remote_models(&self) {
-        let _changing = self.changing.lock().unwrap_or_else(|e| e.into_inner());
         for live in self.live_plugins() {
             if live.plugin.has_remote_models() {
                 self.refresh(live.plugin.name(), &live);
