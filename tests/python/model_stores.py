@@ -169,7 +169,8 @@ def main():
     plugin(plugins, "iris", iris, "iris.wasm", iris_line)
     plugin(plugins, "bad-pin", iris, "iris.wasm",
            f'iris = {{ path = "http://127.0.0.1:{http_port}/iris.onnx", sha256 = "{"0" * 64}" }}')
-    env = dict(os.environ, AWS_ENDPOINT=endpoint, AWS_ALLOW_HTTP="true", **CREDENTIALS)
+    # The variable boto3 and the AWS CLI read; an http:// endpoint needs nothing more.
+    env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, **CREDENTIALS)
     # Each plugin may fetch from its own S3 prefix, and from the HTTP server.
     allow = f"s3://models/{{plugin}}/,http://127.0.0.1:{http_port}/"
 

@@ -419,7 +419,7 @@ impl ModelStore {
         // reqwest's TLS needs a process-wide provider before a client is built;
         // installing one twice is harmless (the first stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey as S3};
+        use object_store::aws::AmazonS3ConfigKey as S3;
         use object_store::azure::{AzureConfigKey as Az, MicrosoftAzureBuilder};
         use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey as Gcs};
         // A stalled transfer fails after 30 s without data, not after a fixed total
@@ -438,9 +438,7 @@ impl ModelStore {
             ObjectStoreScheme::AmazonS3 => Arc::new(
                 client
                     .iter()
-                    .fold(AmazonS3Builder::from_env(), |b, (k, v)| {
-                        b.with_config(S3::Client(*k), *v)
-                    })
+                    .fold(s3_from_env(), |b, (k, v)| b.with_config(S3::Client(*k), *v))
                     .with_url(url.as_str())
                     .with_retry(retry)
                     .build()?,
@@ -504,6 +502,22 @@ impl ModelStore {
             let _ = tx.send(future.await);
         });
         rx.recv().expect("the model store's runtime stopped")
+    }
+}
+
+/// S3's settings from the environment (`AWS_*`). An endpoint the operator wrote
+/// as `http://` (MinIO, a store inside the cluster) is meant: plain HTTP is allowed
+/// for it without also setting `AWS_ALLOW_HTTP`.
+fn s3_from_env() -> object_store::aws::AmazonS3Builder {
+    use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+    let builder = AmazonS3Builder::from_env();
+    let http_endpoint = builder
+        .get_config_value(&AmazonS3ConfigKey::Endpoint)
+        .is_some_and(|endpoint| endpoint.starts_with("http://"));
+    if http_endpoint {
+        builder.with_allow_http(true)
+    } else {
+        builder
     }
 }
 
