@@ -356,6 +356,7 @@ pub struct Metrics {
     plugin_load_failures: Counter,
     model_refresh_failures: Counter,
     store: StoreMetrics,
+    tenants: TenantMetrics,
 }
 
 /// Host-wide counters of remote model stores and the model cache.
@@ -382,6 +383,114 @@ impl Default for StoreMetrics {
             download_seconds: Histogram::new(exponential_buckets(0.01, 3.0, 14)),
             cache_hits: Counter::default(),
             errors: Counter::default(),
+        }
+    }
+}
+
+/// The label of the per-tenant accounting.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TenantLabel {
+    /// The manifest's `tenant`, else the plugin's name (a plugin without a tenant is
+    /// its own). Both are checked names (letters, digits, `-`, `_`).
+    pub tenant: String,
+}
+
+type Seconds = Counter<f64, AtomicU64>;
+
+/// Who used what: per tenant, the examples and handler calls run, and the CPU time
+/// they took in the handler (wasm, host imports but the engine) and in the engine.
+#[derive(Clone, Default)]
+pub(crate) struct TenantMetrics {
+    rows: Family<TenantLabel, Counter>,
+    calls: Family<TenantLabel, Counter>,
+    handler_seconds: Family<TenantLabel, Seconds>,
+    engine_seconds: Family<TenantLabel, Seconds>,
+}
+
+impl TenantMetrics {
+    /// Records one `run-inference` call of `rows` examples.
+    pub(crate) fn record(&self, tenant: &str, rows: usize, cpu: &CallCpu) {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.rows.get_or_create(&label).inc_by(rows as u64);
+        self.calls.get_or_create(&label).inc();
+        self.handler_seconds
+            .get_or_create(&label)
+            .inc_by(cpu.handler.as_secs_f64());
+        self.engine_seconds
+            .get_or_create(&label)
+            .inc_by(cpu.engine.as_secs_f64());
+    }
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): what a handler call
+/// cost, whatever else the machine ran meanwhile (wall time would charge a tenant
+/// for its neighbours).
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant the
+    // platform defines.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        now.tv_sec.max(0) as u64,
+        now.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
+thread_local! {
+    /// CPU time this thread spent in model engines (engines run on the caller's
+    /// thread: tract always, onnxruntime with one intra-op thread, the default).
+    static ENGINE_CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+}
+
+/// Runs `run` (a model engine call) and charges its CPU time to the engine.
+pub(crate) fn engine_call<T>(run: impl FnOnce() -> T) -> T {
+    let start = thread_cpu_time();
+    let out = run();
+    let spent = thread_cpu_time().saturating_sub(start);
+    ENGINE_CPU.with(|e| e.set(e.get() + spent));
+    out
+}
+
+/// The CPU time of one handler call, split between the handler and the engine.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct CallCpu {
+    /// In the handler: wasm and host imports, models excepted.
+    pub handler: Duration,
+    /// In model engines.
+    pub engine: Duration,
+}
+
+/// Measures the CPU time of a handler call made on this thread.
+pub(crate) struct CpuMeter {
+    total: Duration,
+    engine: Duration,
+}
+
+impl CpuMeter {
+    pub(crate) fn start() -> CpuMeter {
+        CpuMeter {
+            total: thread_cpu_time(),
+            engine: ENGINE_CPU.with(std::cell::Cell::get),
+        }
+    }
+
+    pub(crate) fn stop(self) -> CallCpu {
+        let total = thread_cpu_time().saturating_sub(self.total);
+        let engine = ENGINE_CPU
+            .with(std::cell::Cell::get)
+            .saturating_sub(self.engine)
+            .min(total);
+        CallCpu {
+            handler: total - engine,
+            engine,
         }
     }
 }
@@ -431,7 +540,7 @@ impl Default for Metrics {
             ),
             (
                 "runinfer_model_cache_hits",
-                "Remote models found unchanged in the model cache (not downloaded)",
+                "Remote models served from the model cache without a download (unchanged, or the store unreachable)",
                 &store.cache_hits,
             ),
             (
@@ -453,6 +562,41 @@ impl Default for Metrics {
             "Time to download a remote model object",
             store.download_seconds.clone(),
         );
+        let tenants = TenantMetrics::default();
+        for (name, help, family) in [
+            (
+                "runinfer_tenant_examples",
+                "Examples run through a tenant's handlers",
+                &tenants.rows,
+            ),
+            (
+                "runinfer_tenant_handler_calls",
+                "run-inference calls into a tenant's handlers",
+                &tenants.calls,
+            ),
+        ] {
+            names
+                .take(name, Kind::Counter)
+                .expect("the host's own names are distinct");
+            registry.register(name, help, family.clone());
+        }
+        for (name, help, family) in [
+            (
+                "runinfer_tenant_handler_cpu_seconds",
+                "CPU time in a tenant's handlers (wasm and host imports, engines excepted)",
+                &tenants.handler_seconds,
+            ),
+            (
+                "runinfer_tenant_engine_cpu_seconds",
+                "CPU time in model engines for a tenant's handlers",
+                &tenants.engine_seconds,
+            ),
+        ] {
+            names
+                .take(name, Kind::Counter)
+                .expect("the host's own names are distinct");
+            registry.register(name, help, family.clone());
+        }
         Metrics {
             registry: Mutex::new(registry),
             names: Mutex::new(names),
@@ -461,6 +605,7 @@ impl Default for Metrics {
             plugin_load_failures,
             model_refresh_failures,
             store,
+            tenants,
         }
     }
 }
@@ -608,6 +753,11 @@ impl Metrics {
     /// The metrics of remote model stores (shared with the model store).
     pub(crate) fn store(&self) -> StoreMetrics {
         self.store.clone()
+    }
+
+    /// The per-tenant accounting.
+    pub(crate) fn tenants(&self) -> &TenantMetrics {
+        &self.tenants
     }
 
     /// The counters of plugin load failures and model refresh failures.

@@ -183,7 +183,7 @@ impl LoadedModel {
                 slot.ok_or_else(|| ModelError::Input(format!("input `{}` is missing", info.name)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let outputs = self.backend.run(&ordered)?;
+        let outputs = crate::metrics::engine_call(|| self.backend.run(&ordered))?;
         Ok(self
             .backend
             .outputs()

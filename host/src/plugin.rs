@@ -592,7 +592,15 @@ impl Plugin {
                 InferenceError::new(ErrorCode::Internal, format!("no handler instance: {e}"))
             })?,
         };
+        let rows = batch.len();
+        let meter = crate::metrics::CpuMeter::start();
         let result = instance.run_inference(batch, args);
+        let tenant = self.manifest.tenant.as_deref().unwrap_or(self.name());
+        self.host
+            .inner()
+            .metrics
+            .tenants()
+            .record(tenant, rows, &meter.stop());
         match &result {
             Err(e) if e.instance_lost() => {
                 tracing::warn!(plugin = %self.name(), error = %e, "handler instance discarded");

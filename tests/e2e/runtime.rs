@@ -387,3 +387,70 @@ fn adaptive_batching_starts_small_and_grows_through_the_dispatcher() {
     );
     assert_eq!(all, batches as f64);
 }
+
+#[test]
+fn tenants_are_accounted_their_examples_calls_and_cpu_time() {
+    let host = host();
+    let iris = scratch_plugin(
+        "iris",
+        "name = \"acct-iris\"\ncomponent = \"iris.wasm\"\ntenant = \"acct-models\"\n[models]\niris = \"models/iris.onnx\"\n",
+    );
+    let stats = scratch_plugin(
+        "text-stats",
+        "name = \"acct-stats\"\ncomponent = \"text-stats.wasm\"\ntenant = \"acct-text\"\n",
+    );
+    let busy = scratch_test_plugin(
+        "hostile",
+        "name = \"acct-busy\"\ncomponent = \"hostile.wasm\"\n",
+    );
+    let idle = scratch_test_plugin(
+        "hostile",
+        "name = \"acct-idle\"\ncomponent = \"hostile.wasm\"\n",
+    );
+    let one_instance = |size| {
+        let mut value = size_only(size);
+        value.instances = Some(1);
+        value
+    };
+    let out = run(
+        &load(&host, iris.path()),
+        &to_input(&iris_lines(10)),
+        &one_instance(4),
+    );
+    assert_eq!(out.predictions.len(), 10);
+    let text = b"\"The cat sat.\"\n\"Dogs bark loudly!\"\n\"\"\n\"a b c\"\n\"Hello, world.\"\n\"x\"\n\"One. Two.\"\n";
+    let out = run(&load(&host, stats.path()), text, &one_instance(8));
+    assert_eq!(out.predictions.len(), 7);
+    let out = run(&load(&host, busy.path()), b"\"slow\"\n", &one_instance(1));
+    assert_eq!(out.predictions.len(), 1, "{:?}", out.dead_letters);
+    let out = run(&load(&host, idle.path()), b"\"ok\"\n", &one_instance(1));
+    assert_eq!(out.predictions.len(), 1, "{:?}", out.dead_letters);
+
+    let m = prometheus_values(&host.metrics().encode());
+    let get = |name: &str, tenant: &str| {
+        m.get(&format!(
+            "runinfer_tenant_{name}_total{{tenant=\"{tenant}\"}}"
+        ))
+        .copied()
+        .unwrap_or_else(|| panic!("no {name} for {tenant}"))
+    };
+    // The manifest's tenant, else the plugin's name.
+    assert_eq!(get("examples", "acct-models"), 10.0);
+    assert_eq!(get("handler_calls", "acct-models"), 3.0);
+    assert_eq!(get("examples", "acct-text"), 7.0);
+    assert_eq!(get("handler_calls", "acct-text"), 1.0);
+    assert_eq!(get("examples", "acct-busy"), 1.0);
+    // iris runs its model in the engine; text-stats has none.
+    assert!(get("engine_cpu_seconds", "acct-models") > 0.0);
+    assert!(get("handler_cpu_seconds", "acct-models") > 0.0);
+    assert_eq!(get("engine_cpu_seconds", "acct-text"), 0.0);
+    assert!(get("handler_cpu_seconds", "acct-text") > 0.0);
+    // 200 ms of busy work in the handler is charged to its tenant, not to the
+    // tenant whose call answered at once.
+    assert!(
+        get("handler_cpu_seconds", "acct-busy") > 10.0 * get("handler_cpu_seconds", "acct-idle"),
+        "busy {} idle {}",
+        get("handler_cpu_seconds", "acct-busy"),
+        get("handler_cpu_seconds", "acct-idle")
+    );
+}
