@@ -5,7 +5,9 @@ use clap::Args;
 use runinfer::manifest::BatchingConfig;
 use runinfer::run::{RunOptions, dispatch_options};
 use runinfer::serve::ServeConfig;
+use runinfer::serve::quota::Quotas;
 use runinfer::watch::PluginRoot;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{CommonArgs, check_batch_flags};
@@ -46,6 +48,10 @@ pub(crate) struct ServeArgs {
     /// How often remote models (object stores, HTTP) are checked for a new version.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) model_poll_secs: u64,
+    /// The operator's per-tenant quotas (TOML: `[tenants.NAME]` with
+    /// `requests_per_sec`, `max_in_flight`); requests past them get 429.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tenants: Option<PathBuf>,
     /// Shut down (gracefully) when standard input closes: a parent that starts the
     /// server holds its stdin, so the server never outlives the parent.
     #[arg(long)]
@@ -83,12 +89,18 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     for (name, status) in plugins.status() {
         eprintln!("runinfer: {name}: {}", serde_json::to_string(&status)?);
     }
+    // Read before anything starts: a bad file is the operator's error, at once.
+    let quotas = match &args.tenants {
+        Some(path) => std::sync::Arc::new(Quotas::load(path).map_err(anyhow::Error::msg)?),
+        None => std::sync::Arc::default(),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let mut config = ServeConfig::default();
         config.request_timeout = Duration::from_millis(args.request_timeout_ms);
+        config.quotas = quotas;
         // One shutdown for both servers: each stops accepting, then finishes its
         // requests in flight.
         let (stop, stopped) = tokio::sync::watch::channel(false);

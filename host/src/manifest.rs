@@ -540,7 +540,7 @@ fn arg_string(value: &toml::Value) -> Result<String, String> {
 }
 
 /// Names that end up in metric names, file names and logs.
-fn check_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name

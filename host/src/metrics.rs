@@ -405,9 +405,20 @@ pub(crate) struct TenantMetrics {
     calls: Family<TenantLabel, Counter>,
     handler_seconds: Family<TenantLabel, Seconds>,
     engine_seconds: Family<TenantLabel, Seconds>,
+    refused_requests: Family<TenantLabel, Counter>,
+    refused_rows: Family<TenantLabel, Counter>,
 }
 
 impl TenantMetrics {
+    /// Counts a request of `rows` examples refused by its tenant's quota.
+    pub(crate) fn refused(&self, tenant: &str, rows: usize) {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.refused_requests.get_or_create(&label).inc();
+        self.refused_rows.get_or_create(&label).inc_by(rows as u64);
+    }
+
     /// Records one `run-inference` call of `rows` examples.
     pub(crate) fn record(&self, tenant: &str, rows: usize, cpu: &CallCpu) {
         let label = TenantLabel {
@@ -573,6 +584,16 @@ impl Default for Metrics {
                 "runinfer_tenant_handler_calls",
                 "run-inference calls into a tenant's handlers",
                 &tenants.calls,
+            ),
+            (
+                "runinfer_tenant_refused_requests",
+                "serve requests refused by the tenant's quota",
+                &tenants.refused_requests,
+            ),
+            (
+                "runinfer_tenant_refused_examples",
+                "Examples of the serve requests refused by the tenant's quota",
+                &tenants.refused_rows,
             ),
         ] {
             names

@@ -21,6 +21,12 @@ struct Server {
 
 impl Server {
     fn start(plugins: &[(&str, &str, Option<&str>)], timeout: Duration) -> Server {
+        let mut config = ServeConfig::default();
+        config.request_timeout = timeout;
+        Server::start_with(plugins, config)
+    }
+
+    fn start_with(plugins: &[(&str, &str, Option<&str>)], config: ServeConfig) -> Server {
         let dir = tempfile::tempdir().unwrap();
         for (name, from, manifest) in plugins {
             let src = if *from == "hostile" {
@@ -64,11 +70,7 @@ impl Server {
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 ready_tx.send(listener.local_addr().unwrap()).unwrap();
-                let app = router(root, host, {
-                    let mut value = ServeConfig::default();
-                    value.request_timeout = timeout;
-                    value
-                });
+                let app = router(root, host, config);
                 serve(listener, app, async {
                     let _ = stopped.await;
                 })
@@ -733,5 +735,65 @@ fn repository_load_unload_and_warm_up() {
         let (status, err) = server.call("POST", path, None);
         assert_eq!(status, 404, "{path}: {err}");
     }
+    server.stop();
+}
+
+#[test]
+fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
+    let mut config = ServeConfig::default();
+    config.quotas = std::sync::Arc::new(
+        runinfer::serve::quota::Quotas::parse("[tenants.metered]\nrequests_per_sec = 0.001\n")
+            .unwrap(),
+    );
+    let iris = |name: &str, tenant: &str| {
+        format!(
+            "name = \"{name}\"\ncomponent = \"iris.wasm\"\ntenant = \"{tenant}\"\n[models]\niris = \"models/iris.onnx\"\n"
+        )
+    };
+    let (metered, free) = (iris("metered-iris", "metered"), iris("free-iris", "free"));
+    let server = Server::start_with(
+        &[
+            ("metered-iris", "iris", Some(&metered)),
+            ("free-iris", "iris", Some(&free)),
+        ],
+        config,
+    );
+    let body = infer_body(
+        "FP32",
+        &[2, 4],
+        json!([5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]),
+    );
+    // A bucket of one request, refilled once in 1000 s: the second is refused.
+    let (status, out) = server.call("POST", "/v2/models/metered-iris/infer", Some(&body));
+    assert_eq!(status, 200, "{out}");
+    let (status, err) = server.call("POST", "/v2/models/metered-iris/infer", Some(&body));
+    assert_eq!(status, 429, "{err}");
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("tenant `metered` is over its quota of 0.001 requests/s"),
+        "{err}"
+    );
+    // Another tenant is not affected.
+    for _ in 0..3 {
+        let (status, out) = server.call("POST", "/v2/models/free-iris/infer", Some(&body));
+        assert_eq!(status, 200, "{out}");
+    }
+    let values = metrics(&server);
+    let refused = |what: &str, tenant: &str| {
+        values
+            .get(&format!(
+                "runinfer_tenant_refused_{what}_total{{tenant=\"{tenant}\"}}"
+            ))
+            .copied()
+    };
+    assert_eq!(refused("requests", "metered"), Some(1.0));
+    assert_eq!(refused("examples", "metered"), Some(2.0));
+    assert_eq!(refused("requests", "free"), None);
+    // Accounting counts what ran: 2 rows of metered, 6 of free.
+    let ran =
+        |tenant: &str| values[&format!("runinfer_tenant_examples_total{{tenant=\"{tenant}\"}}")];
+    assert_eq!((ran("metered"), ran("free")), (2.0, 6.0));
     server.stop();
 }

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod grpc;
+pub mod quota;
 mod triton;
 
 /// How the server behaves.
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Largest request body (HTTP) or message (gRPC) accepted.
     pub max_request_bytes: usize,
+    /// Per-tenant quotas (`--tenants FILE`); shared by HTTP and gRPC.
+    pub quotas: Arc<quota::Quotas>,
 }
 
 impl Default for ServeConfig {
@@ -41,6 +44,7 @@ impl Default for ServeConfig {
         ServeConfig {
             request_timeout: Duration::from_secs(30),
             max_request_bytes: 64 << 20,
+            quotas: Arc::default(),
         }
     }
 }
@@ -1124,6 +1128,12 @@ async fn infer_examples(
         .request_timeout_ms
         .map_or(state.config.request_timeout, Duration::from_millis);
     let timeout = client_timeout.map_or(limit, |t| t.min(limit));
+    let tenant = live.plugin.manifest().tenant.as_deref().unwrap_or(name);
+    let _admitted = state
+        .config
+        .quotas
+        .admit(tenant, examples.len(), state.host.inner().metrics.tenants())
+        .map_err(|reason| ApiError(StatusCode::TOO_MANY_REQUESTS, reason))?;
     let _pending = live.plugin.metrics().request_pending();
     let replies = live.dispatcher.try_submit_all(key, examples).map_err(|full| {
         ApiError(

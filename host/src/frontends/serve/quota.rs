@@ -1,0 +1,210 @@
+//! Per-tenant quotas of `serve`, set by the operator (`--tenants FILE`), never by a
+//! tenant's own manifest: requests a second (a token bucket holding one second of
+//! requests) and requests in flight. A request over its tenant's quota is refused at
+//! once — HTTP 429, gRPC RESOURCE_EXHAUSTED — with the quota in the reason, and
+//! counted in `runinfer_tenant_refused_requests_total` / `_examples_total`.
+//!
+//! ```toml
+//! [tenants.acme]
+//! requests_per_sec = 100
+//! max_in_flight = 8
+//! ```
+
+use crate::metrics::TenantMetrics;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One tenant's limits (each optional).
+#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TenantQuota {
+    /// Requests a second, on average; bursts of up to one second's worth.
+    pub requests_per_sec: Option<f64>,
+    /// Requests being answered at once.
+    pub max_in_flight: Option<u32>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantsFile {
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantQuota>,
+}
+
+/// A tenant's bucket and requests in flight.
+#[derive(Debug)]
+struct Usage {
+    tokens: f64,
+    refilled: Instant,
+    in_flight: u32,
+}
+
+/// The quotas of every tenant and what each uses now.
+#[derive(Debug, Default)]
+pub struct Quotas {
+    limits: BTreeMap<String, TenantQuota>,
+    usage: Mutex<HashMap<String, Usage>>,
+}
+
+impl Quotas {
+    /// Reads and checks a tenants file; errors name the file, the key and what was
+    /// expected.
+    pub fn load(path: &Path) -> Result<Quotas, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        Quotas::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses a tenants file's text.
+    pub fn parse(text: &str) -> Result<Quotas, String> {
+        let file: TenantsFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        for (tenant, quota) in &file.tenants {
+            crate::manifest::check_name(tenant).map_err(|m| format!("`tenants.{tenant}`: {m}"))?;
+            if let Some(rate) = quota.requests_per_sec
+                && !(rate.is_finite() && rate > 0.0)
+            {
+                return Err(format!(
+                    "`tenants.{tenant}.requests_per_sec`: expected a number above 0, got {rate}"
+                ));
+            }
+            if quota.max_in_flight == Some(0) {
+                return Err(format!(
+                    "`tenants.{tenant}.max_in_flight`: expected at least 1, got 0"
+                ));
+            }
+        }
+        Ok(Quotas {
+            limits: file.tenants,
+            usage: Mutex::default(),
+        })
+    }
+
+    /// The limits of `tenant`, if the operator set any.
+    pub fn quota(&self, tenant: &str) -> Option<&TenantQuota> {
+        self.limits.get(tenant)
+    }
+
+    /// Admits a request of `tenant` (`examples` rows) or refuses it with the reason.
+    /// The admission holds its place in flight until dropped.
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        tenant: &str,
+        examples: usize,
+        metrics: &TenantMetrics,
+    ) -> Result<Option<Admission>, String> {
+        eprintln!(
+            "ADMIT {tenant} {:?}",
+            self.usage
+                .lock()
+                .map(|u| u.get(tenant).map(|x| x.in_flight))
+        );
+        let Some(quota) = self.limits.get(tenant) else {
+            return Ok(None);
+        };
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let burst = quota.requests_per_sec.map_or(0.0, |rate| rate.max(1.0));
+        let used = usage.entry(tenant.to_string()).or_insert(Usage {
+            tokens: burst,
+            refilled: now,
+            in_flight: 0,
+        });
+        if let Some(rate) = quota.requests_per_sec {
+            let elapsed = now.duration_since(used.refilled).as_secs_f64();
+            used.tokens = (used.tokens + elapsed * rate).min(burst);
+            used.refilled = now;
+        }
+        let refusal = match (quota.requests_per_sec, quota.max_in_flight) {
+            (_, Some(max)) if used.in_flight >= max => Some(format!(
+                "tenant `{tenant}` has {max} requests in flight, its quota; retry when one is answered"
+            )),
+            (Some(rate), _) if used.tokens < 1.0 => Some(format!(
+                "tenant `{tenant}` is over its quota of {rate} requests/s; retry later"
+            )),
+            _ => None,
+        };
+        if let Some(reason) = refusal {
+            drop(usage);
+            metrics.refused(tenant, examples);
+            return Err(reason);
+        }
+        if quota.requests_per_sec.is_some() {
+            used.tokens -= 1.0;
+        }
+        used.in_flight += 1;
+        Ok(Some(Admission {
+            quotas: self.clone(),
+            tenant: tenant.to_string(),
+        }))
+    }
+}
+
+/// A request's place within its tenant's quota; given back when dropped.
+pub(crate) struct Admission {
+    quotas: Arc<Quotas>,
+    tenant: String,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        eprintln!(
+            "RELEASE {} {}",
+            self.tenant,
+            std::backtrace::Backtrace::force_capture()
+                .to_string()
+                .lines()
+                .filter(|l| l.contains("runinfer::"))
+                .take(6)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let mut usage = self.quotas.usage.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(used) = usage.get_mut(&self.tenant) {
+            used.in_flight = used.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_checked_and_quotas_refuse_past_their_limits() {
+        for (text, expected) in [
+            (
+                "[tenants.a]\nrequests_per_sec = 0\n",
+                "expected a number above 0",
+            ),
+            ("[tenants.a]\nmax_in_flight = 0\n", "expected at least 1"),
+            ("[tenants.\"a b\"]\nmax_in_flight = 1\n", "`tenants.a b`"),
+            ("[tenants.a]\nweight = 1\n", "unknown field `weight`"),
+        ] {
+            let err = Quotas::parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+        let quotas = Arc::new(
+            Quotas::parse(
+                "[tenants.a]\nmax_in_flight = 2\n[tenants.b]\nrequests_per_sec = 0.001\n",
+            )
+            .unwrap(),
+        );
+        let metrics = TenantMetrics::default();
+        // No quota: always admitted.
+        assert!(quotas.admit("c", 1, &metrics).unwrap().is_none());
+        let first = quotas.admit("a", 1, &metrics).unwrap();
+        let second = quotas.admit("a", 1, &metrics).unwrap();
+        let err = quotas.admit("a", 3, &metrics).err().unwrap();
+        assert!(err.contains("2 requests in flight"), "{err}");
+        drop(first);
+        let third = quotas.admit("a", 1, &metrics).unwrap();
+        assert!(third.is_some() && second.is_some());
+        // A bucket of one request, refilled once in 1000 s.
+        assert!(quotas.admit("b", 1, &metrics).is_ok());
+        let err = quotas.admit("b", 5, &metrics).err().unwrap();
+        assert!(err.contains("over its quota of 0.001 requests/s"), "{err}");
+    }
+}
