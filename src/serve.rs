@@ -89,7 +89,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     for (name, status) in plugins.status() {
         eprintln!("runinfer: {name}: {}", serde_json::to_string(&status)?);
     }
-    // Read before anything starts: a bad file is the operator's error, at once.
+    // Read before serving starts: a bad file is the operator's error, at once.
     let quotas = match &args.tenants {
         Some(path) => std::sync::Arc::new(Quotas::load(path).map_err(anyhow::Error::msg)?),
         None => std::sync::Arc::default(),
