@@ -274,8 +274,9 @@ impl Plugin {
         self.base.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Model refresh (Beam's `WatchFilePattern` + `update_model_path`): when the newest
-    /// file of a `[models]` pattern changed, loads it, starts an instance on it
+    /// Model refresh (Beam's `WatchFilePattern` + `update_model_path`): when what a
+    /// model in force names changed — the newest file of a pattern, a remote object's
+    /// revision, a path given to [`Plugin::update_model_path`] — loads it, starts an instance on it
     /// (`init`, `load-model`, `update-model-path`, `load-model`), and only when all of
     /// that succeeded swaps the base model set. Batches already running finish on the
     /// old set. Returns the new model id, or `None` when nothing changed. On error the
@@ -850,11 +851,7 @@ fn check_pin(file: &Path, pin: &str) -> Result<(), crate::model::ModelError> {
         path: file.to_path_buf(),
         source,
     })?;
-    let actual: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let actual = crate::model::store::hex(&hasher.finalize());
     if !actual.eq_ignore_ascii_case(pin) {
         return Err(crate::model::ModelError::Digest {
             path: file.to_path_buf(),

@@ -637,7 +637,8 @@ fn unique_name() -> String {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as SHA-256 pins are written.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
