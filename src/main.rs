@@ -80,6 +80,10 @@ pub(crate) struct CommonArgs {
     /// (each holds a copy of the weights) [default: the number of cores]
     #[arg(long, value_name = "N")]
     pub(crate) onnxruntime_sessions: Option<usize>,
+    /// Handler calls running at once across all plugins: the core slots, shared
+    /// between tenants by weighted fair queuing [default: the number of cores]
+    #[arg(long, value_name = "N")]
+    pub(crate) workers: Option<usize>,
     /// Where remote models (s3://, gs://, az://, http(s)://) are cached, shared by
     /// plugins and restarts [default: models/ in the compile cache directory]
     #[arg(long, env = "RUNINFER_MODEL_CACHE", value_name = "DIR")]
@@ -136,6 +140,7 @@ impl CommonArgs {
             pooling
         });
         config.default_backend = self.backend;
+        config.workers = self.workers.unwrap_or(0);
         config.onnxruntime = onnxruntime;
         if let Some(dir) = self
             .model_cache_dir

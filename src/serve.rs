@@ -48,8 +48,9 @@ pub(crate) struct ServeArgs {
     /// How often remote models (object stores, HTTP) are checked for a new version.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) model_poll_secs: u64,
-    /// The operator's per-tenant quotas (TOML: `[tenants.NAME]` with
-    /// `requests_per_sec`, `max_in_flight`); requests past them get 429.
+    /// The operator's per-tenant quotas and shares (TOML: `[tenants.NAME]` with
+    /// `requests_per_sec`, `max_in_flight`, `weight`); requests past a quota get 429,
+    /// contended cores go to tenants in proportion to their weights.
     #[arg(long, value_name = "FILE")]
     pub(crate) tenants: Option<PathBuf>,
     /// Shut down (gracefully) when standard input closes: a parent that starts the
@@ -65,7 +66,15 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         ("--max-batch-size", args.max_batch_size),
         ("--max-batch-duration-ms", args.max_batch_duration_ms),
     ])?;
+    // Read first: a bad file is the operator's error, at once.
+    let quotas = match &args.tenants {
+        Some(path) => std::sync::Arc::new(Quotas::load(path).map_err(anyhow::Error::msg)?),
+        None => std::sync::Arc::<Quotas>::default(),
+    };
     let host = args.common.host()?;
+    for (tenant, weight) in quotas.weights() {
+        host.scheduler().set_weight(tenant, weight);
+    }
     let root = args.common.plugin_root();
     let mut options = RunOptions::default();
     options.batching = BatchingConfig {
@@ -89,11 +98,6 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     for (name, status) in plugins.status() {
         eprintln!("runinfer: {name}: {}", serde_json::to_string(&status)?);
     }
-    // Read before serving starts: a bad file is the operator's error, at once.
-    let quotas = match &args.tenants {
-        Some(path) => std::sync::Arc::new(Quotas::load(path).map_err(anyhow::Error::msg)?),
-        None => std::sync::Arc::default(),
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

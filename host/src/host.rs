@@ -8,6 +8,7 @@ use crate::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
 use crate::plugin::compile::CompileCache;
 use crate::sandbox::bindings::Handler;
 use crate::sandbox::instance::InstanceState;
+use crate::schedule::Scheduler;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -37,6 +38,9 @@ pub struct HostConfig {
     pub onnxruntime: OnnxruntimeConfig,
     /// The cache of remote models.
     pub model_store: StoreConfig,
+    /// Handler calls running at once across all plugins (core slots shared fairly
+    /// between tenants); 0: one per core.
+    pub workers: usize,
 }
 
 /// Sizes of the pooling allocator, set explicitly (the pool reserves address space
@@ -71,6 +75,7 @@ impl Default for HostConfig {
             default_backend: BackendKind::default(),
             onnxruntime: OnnxruntimeConfig::default(),
             model_store: StoreConfig::default(),
+            workers: 0,
         }
     }
 }
@@ -104,6 +109,7 @@ pub(crate) struct HostInner {
     pub models: ModelRegistry,
     pub store: ModelStore,
     pub metrics: Arc<Metrics>,
+    pub scheduler: Arc<Scheduler>,
     ticker: EpochTicker,
     key_lru: Mutex<KeySetLru>,
 }
@@ -169,6 +175,16 @@ impl Host {
         let metrics = Arc::new(Metrics::new());
         let models = ModelRegistry::new(metrics.model_loads(), config.onnxruntime.clone());
         let store = ModelStore::new(config.model_store.clone(), metrics.store());
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let kick = engine.weak();
+        let scheduler = Scheduler::new(workers, move || {
+            if let Some(engine) = kick.upgrade() {
+                engine.increment_epoch();
+            }
+        });
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
@@ -177,6 +193,7 @@ impl Host {
                 models,
                 store,
                 metrics,
+                scheduler,
                 ticker,
                 key_lru: Mutex::default(),
             }),
@@ -235,6 +252,11 @@ impl Host {
     /// The host's metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The core slots every handler call runs on, shared fairly between tenants.
+    pub fn scheduler(&self) -> &Arc<Scheduler> {
+        &self.inner.scheduler
     }
 }
 

@@ -42,7 +42,8 @@
 
 // The layout follows the data flow: `frontends` (run, serve, watch) feed the
 // `pipeline` (decode, dispatch, batch, sink), whose batches run in the `sandbox` on a
-// `plugin`'s instances, which run models of the `model` registry on host `tensor`s.
+// `plugin`'s instances, which run models of the `model` registry on host `tensor`s;
+// every call holds one of the host's core slots, handed out fairly by `schedule`.
 // Leaves below them: `manifest`, `contract`, `untrusted`, `error`, `value`.
 // The public API is the modules below and the re-exports after them; the stages'
 // internals (batch forming, the sink, the sandbox's instances and bindings) stay
@@ -59,6 +60,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod model;
 pub mod plugin;
+pub mod schedule;
 pub mod tensor;
 pub mod untrusted;
 pub mod value;

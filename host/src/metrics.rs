@@ -407,6 +407,7 @@ pub(crate) struct TenantMetrics {
     engine_seconds: Family<TenantLabel, Seconds>,
     refused_requests: Family<TenantLabel, Counter>,
     refused_rows: Family<TenantLabel, Counter>,
+    core_wait_seconds: Family<TenantLabel, Seconds>,
 }
 
 impl TenantMetrics {
@@ -417,6 +418,17 @@ impl TenantMetrics {
         };
         self.refused_requests.get_or_create(&label).inc();
         self.refused_rows.get_or_create(&label).inc_by(rows as u64);
+    }
+
+    /// Records how long a call waited for a core slot (at first and when it gave its
+    /// slot to others).
+    pub(crate) fn waited(&self, tenant: &str, waited: Duration) {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        self.core_wait_seconds
+            .get_or_create(&label)
+            .inc_by(waited.as_secs_f64());
     }
 
     /// Records one `run-inference` call of `rows` examples.
@@ -611,6 +623,11 @@ impl Default for Metrics {
                 "runinfer_tenant_engine_cpu_seconds",
                 "CPU time in model engines for a tenant's handlers",
                 &tenants.engine_seconds,
+            ),
+            (
+                "runinfer_tenant_core_wait_seconds",
+                "Time a tenant's calls waited for a core slot (the fair scheduler's queue)",
+                &tenants.core_wait_seconds,
             ),
         ] {
             names

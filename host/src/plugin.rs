@@ -223,6 +223,12 @@ impl Plugin {
         &self.manifest.name
     }
 
+    /// The tenant the plugin is accounted, scheduled and limited as: the manifest's
+    /// `tenant`, else its own name.
+    pub fn tenant(&self) -> &str {
+        self.manifest.tenant.as_deref().unwrap_or(self.name())
+    }
+
     /// The plugin directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -586,6 +592,9 @@ impl Plugin {
         batch: Vec<Value>,
         args: &[(String, String)],
     ) -> Result<Inferences, InferenceError> {
+        let tenant = self.tenant();
+        // The core slot first: starting an instance is work on a core too.
+        let slot = self.host.scheduler().acquire(tenant, self.name());
         let idle = set.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut instance = match idle {
             Some(instance) => instance,
@@ -595,13 +604,15 @@ impl Plugin {
         };
         let rows = batch.len();
         let meter = crate::metrics::CpuMeter::start();
+        instance.set_slot(Some(slot));
         let result = instance.run_inference(batch, args);
-        let tenant = self.manifest.tenant.as_deref().unwrap_or(self.name());
-        self.host
-            .inner()
-            .metrics
-            .tenants()
-            .record(tenant, rows, &meter.stop());
+        let slot = instance.set_slot(None);
+        let cpu = meter.stop();
+        let tenants = self.host.inner().metrics.tenants();
+        tenants.record(tenant, rows, &cpu);
+        if let Some(slot) = slot {
+            tenants.waited(tenant, slot.waited());
+        }
         match &result {
             Err(e) if e.instance_lost() => {
                 tracing::warn!(plugin = %self.name(), error = %e, "handler instance discarded");
@@ -918,7 +929,6 @@ fn bind_sources(
         models,
         metrics: inner.metrics.clone(),
         limits: manifest.limits.clone(),
-        epoch_tick: inner.config.epoch_tick,
     }))
 }
 

@@ -454,3 +454,81 @@ fn tenants_are_accounted_their_examples_calls_and_cpu_time() {
         get("handler_cpu_seconds", "acct-idle")
     );
 }
+
+/// Two tenants with weights 1 and 3 keep the host's two core slots busy with the
+/// same fixed-work handler and as many instances each: while both wait for cores,
+/// the heavier gets about three times the CPU and gets about three times the rows
+/// done.
+#[test]
+fn tenants_weighted_one_and_three_share_the_cores_one_to_three() {
+    let host = Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = Some(CompileCache::new(
+            root().join("target").join("test-compile-cache"),
+        ));
+        value.workers = 2;
+        value
+    })
+    .expect("host starts");
+    host.scheduler().set_weight("share-three", 3);
+    let plugin = |name: &str, tenant: &str| {
+        scratch_test_plugin(
+            "hostile",
+            &format!("name = \"{name}\"\ncomponent = \"hostile.wasm\"\ntenant = \"{tenant}\"\n"),
+        )
+    };
+    let one = plugin("share-a", "share-one");
+    let three = plugin("share-b", "share-three");
+    let (one, three) = (load(&host, one.path()), load(&host, three.path()));
+    let options = {
+        let mut value = size_only(1);
+        value.instances = Some(4);
+        value
+    };
+    let rows = 60;
+    let input = "\"work\"\n".repeat(rows).into_bytes();
+    let examples = |tenant: &str| {
+        prometheus_values(&host.metrics().encode())
+            .get(&format!(
+                "runinfer_tenant_examples_total{{tenant=\"{tenant}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let cpu = |tenant: &str| {
+        prometheus_values(&host.metrics().encode())
+            .get(&format!(
+                "runinfer_tenant_handler_cpu_seconds_total{{tenant=\"{tenant}\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (done_one, cpu_one, cpu_three) = std::thread::scope(|scope| {
+        let light = scope.spawn(|| run(&one, &input, &options));
+        let heavy = run(&three, &input, &options);
+        assert_eq!(heavy.predictions.len(), rows, "{:?}", heavy.dead_letters);
+        // Measured the moment the heavier tenant is done, while both were busy.
+        let seen = (examples("share-one"), cpu("share-one"), cpu("share-three"));
+        let light = light.join().expect("no panic");
+        assert_eq!(light.predictions.len(), rows, "{:?}", light.dead_letters);
+        seen
+    });
+    let row_ratio = rows as f64 / done_one;
+    let cpu_ratio = cpu_three / cpu_one;
+    eprintln!(
+        "weights 3:1 — rows {rows}:{done_one} ({row_ratio:.2}), handler CPU \
+         {cpu_three:.3}s:{cpu_one:.3}s ({cpu_ratio:.2})"
+    );
+    assert!(
+        (2.0..=4.5).contains(&row_ratio) && (2.0..=4.5).contains(&cpu_ratio),
+        "rows {rows} vs {done_one} (ratio {row_ratio:.2}), CPU {cpu_three:.3}s vs \
+         {cpu_one:.3}s (ratio {cpu_ratio:.2})"
+    );
+    // Nothing is lost: both tenants' calls, and every slot is given back.
+    let usage = host.scheduler().usage();
+    assert!(
+        usage.iter().all(|(_, u)| u.running == 0 && u.waiting == 0),
+        "{usage:?}"
+    );
+    assert_eq!(examples("share-one"), rows as f64);
+}

@@ -1128,7 +1128,7 @@ async fn infer_examples(
         .request_timeout_ms
         .map_or(state.config.request_timeout, Duration::from_millis);
     let timeout = client_timeout.map_or(limit, |t| t.min(limit));
-    let tenant = live.plugin.manifest().tenant.as_deref().unwrap_or(name);
+    let tenant = live.plugin.tenant();
     let _admitted = state
         .config
         .quotas

@@ -9,6 +9,7 @@ use crate::metrics::Metrics;
 use crate::model::{GrantedModel, ModelHandle, TensorInfo};
 use crate::sandbox::bindings::{self, Handler, HandlerPre, HostError, api, inference, types};
 use crate::sandbox::wasi::{self, OutputTail};
+use crate::schedule::Slot;
 use crate::tensor::{DType, Tensor};
 use crate::untrusted::{self, MAX_JSON_DEPTH, guest_text};
 use crate::value::{Field, Value};
@@ -18,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// What every instance of one model set shares (one is built per model set: the
@@ -31,7 +32,6 @@ pub(crate) struct PluginEnv {
     pub models: BTreeMap<String, Arc<GrantedModel>>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    pub epoch_tick: Duration,
 }
 
 impl PluginEnv {
@@ -72,6 +72,11 @@ pub(crate) struct InstanceState {
     /// Bytes of the tensors this instance holds in the host.
     tensor_bytes: usize,
     log: LogBudget,
+    /// When the call running now must end (its time limit, plus any time it spent
+    /// waiting for a core after giving its slot up).
+    deadline: Instant,
+    /// The core slot of the call running now, offered back at every epoch tick.
+    slot: Option<Slot>,
 }
 
 /// The log messages an instance may still send this second, and how many it lost.
@@ -168,9 +173,12 @@ impl HandlerInstance {
                     sent: 0,
                     dropped: 0,
                 },
+                deadline: Instant::now(),
+                slot: None,
             },
         );
         store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_callback(on_epoch_tick);
         set_deadline(&mut store);
         let handler = pre
             .instantiate(&mut store)
@@ -264,6 +272,12 @@ impl HandlerInstance {
         self.load_model()
     }
 
+    /// Hands the instance the core slot its next call runs on (it gives it up for a
+    /// while when others wait); returns the slot it held.
+    pub fn set_slot(&mut self, slot: Option<Slot>) -> Option<Slot> {
+        std::mem::replace(&mut self.store.data_mut().slot, slot)
+    }
+
     /// Beam's `run_inference` on one batch. An error of code `trap` or `timeout` means
     /// the instance must be dropped.
     pub fn run_inference(
@@ -334,14 +348,26 @@ impl HandlerInstance {
 
 /// Arms the time limit for the next call, and forgets what the guest printed before.
 fn set_deadline(store: &mut Store<InstanceState>) {
-    store.data().output.clear();
-    let env = &store.data().env;
-    let ticks = env
-        .limits
-        .timeout_ms
-        .div_ceil(env.epoch_tick.as_millis().max(1) as u64)
-        + 1;
-    store.set_epoch_deadline(ticks);
+    let state = store.data_mut();
+    state.output.clear();
+    state.deadline = Instant::now() + Duration::from_millis(state.env.limits.timeout_ms);
+    store.set_epoch_deadline(1);
+}
+
+/// Runs at every epoch tick while the guest runs: stops a call past its time limit,
+/// and offers the call's core slot to whoever waits for one (the time it then waits
+/// does not count against its limit).
+fn on_epoch_tick(
+    mut store: StoreContextMut<'_, InstanceState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    let state = store.data_mut();
+    if Instant::now() >= state.deadline {
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    if let Some(slot) = state.slot.as_mut() {
+        state.deadline += slot.rotate();
+    }
+    Ok(UpdateDeadline::Continue(1))
 }
 
 fn convert_info(info: api::HandlerInfo) -> HandlerInfo {

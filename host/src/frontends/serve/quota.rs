@@ -4,10 +4,14 @@
 //! once — HTTP 429, gRPC RESOURCE_EXHAUSTED — with the quota in the reason, and
 //! counted in `runinfer_tenant_refused_requests_total` / `_examples_total`.
 //!
+//! The same file sets each tenant's `weight`, its share of the cores when they are
+//! contended (the host's [`crate::schedule`]).
+//!
 //! ```toml
 //! [tenants.acme]
 //! requests_per_sec = 100
 //! max_in_flight = 8
+//! weight = 3
 //! ```
 
 use crate::metrics::TenantMetrics;
@@ -16,7 +20,10 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// One tenant's limits (each optional).
+/// The largest weight: one tenant at most this many times another's share.
+const MAX_WEIGHT: u32 = 1000;
+
+/// One tenant's limits and share (each optional).
 #[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -25,6 +32,9 @@ pub struct TenantQuota {
     pub requests_per_sec: Option<f64>,
     /// Requests being answered at once.
     pub max_in_flight: Option<u32>,
+    /// The tenant's share of the cores when they are contended, relative to the
+    /// others' (default 1): see [`crate::schedule`].
+    pub weight: Option<u32>,
 }
 
 #[derive(serde::Deserialize)]
@@ -70,6 +80,13 @@ impl Quotas {
                     "`tenants.{tenant}.requests_per_sec`: expected a number above 0, got {rate}"
                 ));
             }
+            if let Some(weight) = quota.weight
+                && !(1..=MAX_WEIGHT).contains(&weight)
+            {
+                return Err(format!(
+                    "`tenants.{tenant}.weight`: expected 1 to {MAX_WEIGHT}, got {weight}"
+                ));
+            }
             if quota.max_in_flight == Some(0) {
                 return Err(format!(
                     "`tenants.{tenant}.max_in_flight`: expected at least 1, got 0"
@@ -80,6 +97,13 @@ impl Quotas {
             limits: file.tenants,
             usage: Mutex::default(),
         })
+    }
+
+    /// The weights the operator set, by tenant.
+    pub fn weights(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.limits
+            .iter()
+            .filter_map(|(tenant, quota)| Some((tenant.as_str(), quota.weight?)))
     }
 
     /// The limits of `tenant`, if the operator set any.
@@ -95,12 +119,6 @@ impl Quotas {
         examples: usize,
         metrics: &TenantMetrics,
     ) -> Result<Option<Admission>, String> {
-        eprintln!(
-            "ADMIT {tenant} {:?}",
-            self.usage
-                .lock()
-                .map(|u| u.get(tenant).map(|x| x.in_flight))
-        );
         let Some(quota) = self.limits.get(tenant) else {
             return Ok(None);
         };
@@ -181,7 +199,8 @@ mod tests {
             ),
             ("[tenants.a]\nmax_in_flight = 0\n", "expected at least 1"),
             ("[tenants.\"a b\"]\nmax_in_flight = 1\n", "`tenants.a b`"),
-            ("[tenants.a]\nweight = 1\n", "unknown field `weight`"),
+            ("[tenants.a]\nweight = 0\n", "expected 1 to 1000"),
+            ("[tenants.a]\npriority = 1\n", "unknown field `priority`"),
         ] {
             let err = Quotas::parse(text).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");

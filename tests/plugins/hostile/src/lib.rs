@@ -122,6 +122,15 @@ impl Hostile {
                 }
                 Ok(Value::Text("slow ok".into()))
             }
+            "work" => {
+                // A fixed amount of computation (not of time): what a tenant gets
+                // done depends on the share of the cores it is given.
+                let mut x: u64 = 1;
+                for i in 0..20_000_000u64 {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+                }
+                Ok(Value::Text(format!("worked {}", x % 10)))
+            }
             "wait" => {
                 // Well-behaved but blocked until the test says go: a granted file
                 // appears (the test's signal), so what a test sees never depends on

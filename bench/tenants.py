@@ -1,0 +1,194 @@
+"""A light tenant next to a heavy one on one `runinfer serve`: does the host share the
+cores fairly? (bench/tenants.sh)
+
+* light: the bundled iris plugin (tenant `light`, one instance), driven open-loop at a
+  fixed rate (requests sent on a schedule, latency measured from the scheduled time,
+  so a stalled server is not hidden by a client that waits for it);
+* heavy: the test suite's hostile handler doing fixed CPU work per row (tenant
+  `heavy`, 16 instances), driven closed-loop by 32 connections: enough to saturate
+  every core.
+
+Runs, each on a fresh server: light alone, heavy alone, both with the fair scheduler
+(`--workers` = cores, the default), and both with the host-wide slots effectively off
+(`--workers 256`: every instance a thread of its own, the OS shares the cores, what
+runinfer did before). Alternates the scenarios `--reps` times and prints medians.
+"""
+
+import argparse
+import http.client
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LIGHT_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 4],
+                                     "data": [5.1, 3.5, 1.4, 0.2]}]})
+HEAVY_BODY = json.dumps({"inputs": [{"name": "input", "datatype": "BYTES", "shape": [1],
+                                     "data": ["work"]}]})
+
+
+def make_plugins(work):
+    plugins = work / "plugins"
+    light = plugins / "light"
+    shutil.copytree(ROOT / "plugins" / "iris", light,
+                    ignore=shutil.ignore_patterns("src", "target", "Cargo.toml", "*.md"))
+    manifest = (light / "plugin.toml").read_text().replace('name = "iris"', 'name = "light"\ntenant = "light"')
+    (light / "plugin.toml").write_text(manifest + "\n[limits]\ninstances = 1\n")
+    heavy = plugins / "heavy"
+    heavy.mkdir()
+    shutil.copy(ROOT / "tests" / "plugins" / "hostile" / "hostile.wasm", heavy)
+    (heavy / "plugin.toml").write_text(
+        'name = "heavy"\ncomponent = "hostile.wasm"\ntenant = "heavy"\n'
+        "[batching]\nmax_batch_size = 1\n[limits]\ninstances = 16\n")
+    return plugins
+
+
+def start(binary, plugins, work, workers):
+    command = [str(binary), "serve", "--plugins", str(plugins), "--port", "0", "--no-grpc",
+               "--no-watch", "--cache-dir", str(work / "cache")]
+    if workers:
+        command += ["--workers", str(workers)]
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    for line in server.stderr:
+        match = re.search(r" on http://(\S+)$", line.strip())
+        if match:
+            threading.Thread(target=server.stderr.read, daemon=True).start()
+            return server, match.group(1)
+    raise SystemExit(f"runinfer serve exited: {server.wait()}")
+
+
+def post(connection, path, body):
+    connection.request("POST", path, body, {"Content-Type": "application/json"})
+    response = connection.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"{path}: {response.status} {data[:200]!r}")
+
+
+def light_load(address, rate, seconds, latencies, stop):
+    """Open loop: request i is due at start + i/rate; its latency counts from then."""
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port))
+    start = time.perf_counter()
+    i = 0
+    while not stop.is_set():
+        due = start + i / rate
+        if due - start > seconds:
+            break
+        now = time.perf_counter()
+        if due > now:
+            time.sleep(due - now)
+        post(connection, "/v2/models/light/infer", LIGHT_BODY)
+        latencies.append(time.perf_counter() - due)
+        i += 1
+
+
+def heavy_load(address, done, stop):
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    while not stop.is_set():
+        post(connection, "/v2/models/heavy/infer", HEAVY_BODY)
+        done.append(time.perf_counter())
+
+
+def scenario(binary, plugins, work, workers, light, heavy, args):
+    server, address = start(binary, plugins, work, workers)
+    try:
+        # Warm both (instances start, models load) before measuring.
+        connection = http.client.HTTPConnection(*address.rsplit(":", 1))
+        post(connection, "/v2/models/light/infer", LIGHT_BODY)
+        post(connection, "/v2/models/heavy/infer", HEAVY_BODY)
+        stop = threading.Event()
+        latencies, done = [], []
+        threads = []
+        if heavy:
+            threads += [threading.Thread(target=heavy_load, args=(address, done, stop))
+                        for _ in range(args.heavy_connections)]
+        for t in threads:
+            t.start()
+        time.sleep(args.settle if heavy else 0)
+        begin = time.perf_counter()
+        if light:
+            light_load(address, args.rate, args.seconds, latencies, stop)
+        else:
+            time.sleep(args.seconds)
+        end = time.perf_counter()
+        stop.set()
+        for t in threads:
+            t.join()
+        rows = sum(1 for t in done if begin <= t <= end)
+        result = {"heavy_rows_per_sec": rows / (end - begin) if heavy else None}
+        if light:
+            latencies.sort()
+            result["light_p50_ms"] = 1000 * latencies[len(latencies) // 2]
+            result["light_p99_ms"] = 1000 * latencies[int(len(latencies) * 0.99)]
+        return result
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--binary", default=str(ROOT / "target" / "release" / "runinfer"))
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--settle", type=float, default=1.0)
+    parser.add_argument("--rate", type=float, default=100.0, help="light requests a second")
+    parser.add_argument("--heavy-connections", type=int, default=32)
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="runinfer-tenants-"))
+    plugins = make_plugins(work)
+    cores = os.cpu_count()
+    scenarios = [
+        ("light alone", 0, True, False),
+        ("heavy alone", 0, False, True),
+        (f"both, fair scheduler (--workers {cores}, the default)", 0, True, True),
+        ("both, no host-wide slots (--workers 256: the OS shares the cores)", 256, True, True),
+    ]
+    results = {name: [] for name, *_ in scenarios}
+    for rep in range(args.reps):
+        for name, workers, light, heavy in scenarios:
+            results[name].append(scenario(Path(args.binary), plugins, work, workers, light, heavy, args))
+            print(f"rep {rep + 1} {name}: {results[name][-1]}", flush=True)
+
+    def median(name, key):
+        values = [r[key] for r in results[name] if r.get(key) is not None]
+        return statistics.median(values) if values else None
+
+    alone_p99 = median("light alone", "light_p99_ms")
+    alone_heavy = median("heavy alone", "heavy_rows_per_sec")
+    lines = [
+        f"{cores} cores; light: iris at {args.rate:.0f} req/s open loop, 1 instance; heavy: "
+        f"fixed CPU work per row, 16 instances, {args.heavy_connections} connections; "
+        f"{args.seconds:.0f} s a run, medians of {args.reps} alternating runs.",
+        "",
+        "| scenario | light p50 ms | light p99 ms | light p99 ÷ alone | heavy rows/s | heavy ÷ alone |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, *_ in scenarios:
+        p50, p99 = median(name, "light_p50_ms"), median(name, "light_p99_ms")
+        heavy = median(name, "heavy_rows_per_sec")
+        cell = lambda v, f: "" if v is None else f.format(v)
+        lines.append(
+            f"| {name} | {cell(p50, '{:.2f}')} | {cell(p99, '{:.2f}')} | "
+            f"{cell(p99 / alone_p99 if p99 is not None else None, '{:.2f}×')} | "
+            f"{cell(heavy, '{:.1f}')} | "
+            f"{cell(heavy / alone_heavy if heavy is not None else None, '{:.2f}')} |")
+    report = "\n".join(lines)
+    print(report)
+    out = ROOT / "target" / "bench" / "tenants.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,491 @@
+//! Shares the host's cores between tenants. Every handler call of every plugin runs
+//! on one of `workers` core slots (the number of cores by default); when more calls
+//! are ready than there are slots, the next slot goes by **weighted fair queuing**:
+//! to the waiting tenant that has used the least slot time for its weight, then,
+//! within that tenant, to its plugin that has used the least, then first come first
+//! served. Work-conserving: a slot never stays free while a call waits, so an idle
+//! tenant's share goes to the others. A plugin's `instances` stays its own cap on
+//! calls at once (its worker threads); the slots cap the host.
+//!
+//! Long calls do not hold a core for their whole length: a running handler is
+//! offered every epoch tick (10 ms by default) to give its slot up ([`Slot::rotate`]
+//! from the sandbox's epoch callback); it does when another call is waiting and
+//! goes back in line with its time charged. A model engine call cannot be
+//! interrupted, so it is the longest a waiting tenant can be held back.
+//!
+//! Virtual time (start-time fair queuing): a tenant's clock advances by the slot
+//! time it used divided by its weight; a tenant that was idle restarts at the clock
+//! of the last grant, so idleness earns no credit to spend later.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// The host-wide core slots and the queue of calls waiting for one.
+pub struct Scheduler {
+    slots: usize,
+    state: Mutex<State>,
+    granted: Condvar,
+    /// Makes every running call offer its slot now instead of at its next tick
+    /// (the host advances the engine's epoch).
+    kick: Box<dyn Fn() + Send + Sync>,
+}
+
+#[derive(Default)]
+struct State {
+    free: usize,
+    next_id: u64,
+    /// Grants made so far.
+    grants: u64,
+    /// The start clock of the last grant.
+    now: f64,
+    tenants: HashMap<Arc<str>, Tenant>,
+    weights: HashMap<String, u32>,
+    waiting: Vec<Waiter>,
+    granted: HashSet<u64>,
+}
+
+#[derive(Default)]
+struct Tenant {
+    /// Slot seconds used, divided by the weight.
+    clock: f64,
+    /// Slots held now.
+    running: usize,
+    /// Calls waiting.
+    waiting: usize,
+    /// Per plugin: slot seconds used, calls running or waiting, and when it was
+    /// last granted a slot.
+    plugins: HashMap<Arc<str>, (f64, usize, u64)>,
+    /// When the tenant was last granted a slot (a count of grants): of two equal
+    /// clocks, the one served longer ago goes first.
+    granted_at: u64,
+    /// Slot time used in all, for [`Scheduler::usage`].
+    used: Duration,
+}
+
+struct Waiter {
+    id: u64,
+    tenant: Arc<str>,
+    plugin: Arc<str>,
+}
+
+/// A core slot held by one call; given back when dropped.
+pub struct Slot {
+    scheduler: Arc<Scheduler>,
+    tenant: Arc<str>,
+    plugin: Arc<str>,
+    /// Since when the time held is not yet charged.
+    since: Instant,
+    /// Time spent waiting for the slot, first grant and rotations.
+    waited: Duration,
+}
+
+/// What a tenant used of the slots.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct TenantUsage {
+    /// Slot time used.
+    pub used: Duration,
+    /// Slots held now.
+    pub running: usize,
+    /// Calls waiting for a slot now.
+    pub waiting: usize,
+}
+
+impl Scheduler {
+    /// A scheduler of `slots` core slots (at least one); `kick` makes running calls
+    /// offer their slots at once (see [`Slot::rotate`]).
+    pub fn new(slots: usize, kick: impl Fn() + Send + Sync + 'static) -> Arc<Scheduler> {
+        let slots = slots.max(1);
+        Arc::new(Scheduler {
+            slots,
+            state: Mutex::new(State {
+                free: slots,
+                ..State::default()
+            }),
+            granted: Condvar::new(),
+            kick: Box::new(kick),
+        })
+    }
+
+    /// How many calls may run at once.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// Sets a tenant's weight (the operator's `--tenants` file; default 1).
+    pub fn set_weight(&self, tenant: &str, weight: u32) {
+        self.lock()
+            .weights
+            .insert(tenant.to_string(), weight.max(1));
+    }
+
+    /// What each tenant seen so far used.
+    pub fn usage(&self) -> Vec<(String, TenantUsage)> {
+        let state = self.lock();
+        let mut all: Vec<(String, TenantUsage)> = state
+            .tenants
+            .iter()
+            .map(|(name, t)| {
+                let usage = TenantUsage {
+                    used: t.used,
+                    running: t.running,
+                    waiting: t.waiting,
+                };
+                (name.to_string(), usage)
+            })
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Waits (blocking the calling thread) for a slot for a call of `plugin`, of
+    /// `tenant`.
+    pub fn acquire(self: &Arc<Self>, tenant: &str, plugin: &str) -> Slot {
+        let asked = Instant::now();
+        let (tenant, plugin) = {
+            let mut state = self.lock();
+            let tenant = state.intern(tenant);
+            let plugin: Arc<str> = Arc::from(plugin);
+            let state = self.wait_in_line(state, &tenant, &plugin);
+            drop(state);
+            (tenant, plugin)
+        };
+        Slot {
+            scheduler: self.clone(),
+            tenant,
+            plugin,
+            since: Instant::now(),
+            waited: asked.elapsed(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins the line, hands out what is free, and waits until this call is granted.
+    fn wait_in_line<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        tenant: &Arc<str>,
+        plugin: &Arc<str>,
+    ) -> MutexGuard<'a, State> {
+        let id = state.next_id;
+        state.next_id += 1;
+        state.join(tenant, plugin);
+        state.waiting.push(Waiter {
+            id,
+            tenant: tenant.clone(),
+            plugin: plugin.clone(),
+        });
+        if state.grant() {
+            self.granted.notify_all();
+        }
+        // A call that comes before one running now (its tenant is behind on its
+        // share) should not wait for a tick: the running calls look now.
+        if !state.granted.contains(&id) && state.overtakes(tenant, plugin) {
+            (self.kick)();
+        }
+        while !state.granted.remove(&id) {
+            state = self.granted.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state
+    }
+}
+
+impl State {
+    fn intern(&mut self, tenant: &str) -> Arc<str> {
+        match self.tenants.get_key_value(tenant) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = Arc::from(tenant);
+                self.tenants.insert(name.clone(), Tenant::default());
+                name
+            }
+        }
+    }
+
+    /// A call of `tenant`/`plugin` joins the line; a tenant (or plugin) that had
+    /// nothing running or waiting restarts at the current clock.
+    fn join(&mut self, tenant: &Arc<str>, plugin: &Arc<str>) {
+        let now = self.now;
+        let entry = self.tenants.entry(tenant.clone()).or_default();
+        if entry.running == 0 && entry.waiting == 0 {
+            entry.clock = entry.clock.max(now);
+        }
+        entry.waiting += 1;
+        let floor = entry
+            .plugins
+            .values()
+            .filter(|(_, active, _)| *active > 0)
+            .map(|(used, _, _)| *used)
+            .fold(f64::INFINITY, f64::min);
+        let (used, active, _) = entry.plugins.entry(plugin.clone()).or_default();
+        if *active == 0 && floor.is_finite() {
+            *used = used.max(floor);
+        }
+        *active += 1;
+    }
+
+    /// Where a call of `tenant`/`plugin` stands in fair order, the lower first:
+    /// the tenant's clock, then its plugin's, then whoever was served longer ago.
+    fn rank(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> (f64, u64, f64, u64) {
+        let Some(entry) = self.tenants.get(tenant) else {
+            return (self.now, 0, 0.0, 0);
+        };
+        let (used, _, granted_at) = entry.plugins.get(plugin).copied().unwrap_or_default();
+        (entry.clock, entry.granted_at, used, granted_at)
+    }
+
+    /// True if a call waiting now comes before a call of `tenant`/`plugin`.
+    fn overtaken(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> bool {
+        let mine = self.rank(tenant, plugin);
+        self.waiting
+            .iter()
+            .any(|w| self.rank(&w.tenant, &w.plugin) < mine)
+    }
+
+    /// True if a call of `tenant`/`plugin` comes before a tenant running now.
+    fn overtakes(&self, tenant: &Arc<str>, plugin: &Arc<str>) -> bool {
+        let mine = self.rank(tenant, plugin);
+        self.tenants.iter().any(|(name, entry)| {
+            entry.running > 0
+                && entry
+                    .plugins
+                    .iter()
+                    .any(|(p, (_, active, _))| *active > 0 && self.rank(name, p) > mine)
+        })
+    }
+
+    /// Hands free slots to the waiting calls that come first in fair order; true if
+    /// any was granted.
+    fn grant(&mut self) -> bool {
+        let mut any = false;
+        while self.free > 0 && !self.waiting.is_empty() {
+            let key = |w: &Waiter| (self.rank(&w.tenant, &w.plugin), w.id);
+            let best = (0..self.waiting.len())
+                .min_by(|&a, &b| {
+                    key(&self.waiting[a])
+                        .partial_cmp(&key(&self.waiting[b]))
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .expect("the line is not empty");
+            let waiter = self.waiting.swap_remove(best);
+            let tenant = self
+                .tenants
+                .get_mut(&waiter.tenant)
+                .expect("waiting tenants are known");
+            self.grants += 1;
+            tenant.waiting -= 1;
+            tenant.running += 1;
+            tenant.granted_at = self.grants;
+            if let Some(p) = tenant.plugins.get_mut(&waiter.plugin) {
+                p.2 = self.grants;
+            }
+            self.now = self.now.max(tenant.clock);
+            self.free -= 1;
+            self.granted.insert(waiter.id);
+            any = true;
+        }
+        any
+    }
+
+    /// Charges `held` of slot time to a tenant's and its plugin's clocks.
+    fn charge(&mut self, tenant: &Arc<str>, plugin: &Arc<str>, held: Duration) {
+        let weight = f64::from(self.weights.get(&**tenant).copied().unwrap_or(1));
+        let entry = self.tenants.entry(tenant.clone()).or_default();
+        entry.clock += held.as_secs_f64() / weight;
+        entry.used += held;
+        if let Some((used, _, _)) = entry.plugins.get_mut(plugin) {
+            *used += held.as_secs_f64();
+        }
+    }
+
+    /// A call gives its slot back (it ended, or rotates out).
+    fn leave(&mut self, tenant: &Arc<str>, plugin: &Arc<str>) {
+        let entry = self.tenants.entry(tenant.clone()).or_default();
+        entry.running = entry.running.saturating_sub(1);
+        if let Some((_, active, _)) = entry.plugins.get_mut(plugin) {
+            *active = active.saturating_sub(1);
+        }
+        self.free += 1;
+    }
+}
+
+impl Slot {
+    /// Offered at every epoch tick of a running call (and at once when a call that
+    /// should overtake it arrives): charges the time held so far and, if a waiting
+    /// call now comes before this one in fair order, gives the slot up and waits in
+    /// line again. Calls of the same plugin never displace each other. Returns how
+    /// long it waited (not the call's own time: its time limit is extended by as
+    /// much).
+    pub fn rotate(&mut self) -> Duration {
+        let scheduler = self.scheduler.clone();
+        let mut state = scheduler.lock();
+        let now = Instant::now();
+        state.charge(&self.tenant, &self.plugin, now - self.since);
+        self.since = now;
+        if !state.overtaken(&self.tenant, &self.plugin) {
+            return Duration::ZERO;
+        }
+        state.leave(&self.tenant, &self.plugin);
+        let state = scheduler.wait_in_line(state, &self.tenant, &self.plugin);
+        drop(state);
+        self.since = Instant::now();
+        let waited = self.since - now;
+        self.waited += waited;
+        waited
+    }
+
+    /// Time this call waited for its slot, at first and in rotations.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut state = self.scheduler.lock();
+        state.charge(&self.tenant, &self.plugin, self.since.elapsed());
+        state.leave(&self.tenant, &self.plugin);
+        if state.grant() {
+            self.scheduler.granted.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keeps `threads` calls of each tenant going for `run`, each call holding its
+    /// slot for `call` and offering it every millisecond, and returns the slot time
+    /// each tenant got. Calls sleep rather than spin: what is measured is the
+    /// scheduler's choices, not how the OS shares a busy test machine.
+    fn contend(
+        scheduler: &Arc<Scheduler>,
+        tenants: &[(&str, &str)],
+        threads: usize,
+        call: Duration,
+        run: Duration,
+    ) -> HashMap<String, Duration> {
+        let until = Instant::now() + run;
+        std::thread::scope(|scope| {
+            for &(tenant, plugin) in tenants {
+                for _ in 0..threads {
+                    scope.spawn(move || {
+                        while Instant::now() < until {
+                            let mut slot = scheduler.acquire(tenant, plugin);
+                            let mut left = call;
+                            while !left.is_zero() {
+                                let step = left.min(Duration::from_millis(1));
+                                std::thread::sleep(step);
+                                left -= step;
+                                slot.rotate();
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        scheduler
+            .usage()
+            .into_iter()
+            .map(|(t, u)| (t, u.used))
+            .collect()
+    }
+
+    #[test]
+    fn weights_one_and_three_share_the_slots_one_to_three() {
+        let scheduler = Scheduler::new(2, || {});
+        scheduler.set_weight("heavy", 3);
+        let used = contend(
+            &scheduler,
+            &[("light", "a"), ("heavy", "b")],
+            4,
+            Duration::from_millis(20),
+            Duration::from_millis(1500),
+        );
+        let ratio = used["heavy"].as_secs_f64() / used["light"].as_secs_f64();
+        assert!((2.4..=3.6).contains(&ratio), "{used:?}: ratio {ratio}");
+    }
+
+    #[test]
+    fn a_tenant_alone_gets_every_slot_and_idle_time_earns_no_credit() {
+        let scheduler = Scheduler::new(2, || {});
+        let alone = contend(
+            &scheduler,
+            &[("early", "a")],
+            3,
+            Duration::from_millis(5),
+            Duration::from_millis(400),
+        );
+        // Work-conserving: both slots busy nearly all the time.
+        assert!(alone["early"] > Duration::from_millis(700), "{alone:?}");
+        // A tenant arriving now starts at the clock of the last grant: it does not
+        // get the slots to itself to catch up on the time it was idle.
+        let before = alone["early"];
+        let used = contend(
+            &scheduler,
+            &[("early", "a"), ("late", "b")],
+            3,
+            Duration::from_millis(5),
+            Duration::from_millis(400),
+        );
+        let early = used["early"] - before;
+        let ratio = used["late"].as_secs_f64() / early.as_secs_f64();
+        assert!((0.6..=1.6).contains(&ratio), "{used:?}: ratio {ratio}");
+    }
+
+    #[test]
+    fn a_tenants_plugins_share_its_slots_evenly() {
+        let scheduler = Scheduler::new(1, || {});
+        let mut per_plugin = HashMap::new();
+        let until = Instant::now() + Duration::from_millis(600);
+        std::thread::scope(|scope| {
+            let counts: Vec<_> = [("t", "one"), ("t", "two")]
+                .into_iter()
+                .map(|(tenant, plugin)| {
+                    let scheduler = &scheduler;
+                    // "one" has 4 threads, "two" 1: each plugin still gets half.
+                    let threads = if plugin == "one" { 4 } else { 1 };
+                    (0..threads)
+                        .map(|_| {
+                            scope.spawn(move || {
+                                let mut held = Duration::ZERO;
+                                while Instant::now() < until {
+                                    let _slot = scheduler.acquire(tenant, plugin);
+                                    let start = Instant::now();
+                                    std::thread::sleep(Duration::from_millis(2));
+                                    held += start.elapsed();
+                                }
+                                (plugin, held)
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for handles in counts {
+                for handle in handles {
+                    let (plugin, held) = handle.join().expect("no panic");
+                    *per_plugin.entry(plugin).or_insert(Duration::ZERO) += held;
+                }
+            }
+        });
+        let ratio = per_plugin["one"].as_secs_f64() / per_plugin["two"].as_secs_f64();
+        assert!(
+            (0.6..=1.6).contains(&ratio),
+            "{per_plugin:?}: ratio {ratio}"
+        );
+    }
+
+    #[test]
+    fn a_rotation_without_anyone_waiting_keeps_the_slot() {
+        let scheduler = Scheduler::new(1, || {});
+        let mut slot = scheduler.acquire("t", "p");
+        assert_eq!(slot.rotate(), Duration::ZERO);
+        assert_eq!(scheduler.usage()[0].1.running, 1);
+        drop(slot);
+        assert_eq!(scheduler.usage()[0].1.running, 0);
+    }
+}
