@@ -49,8 +49,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) model_poll_secs: u64,
     /// The operator's per-tenant quotas and shares (TOML: `[tenants.NAME]` with
-    /// `requests_per_sec`, `max_in_flight`, `weight`); requests past a quota get 429,
-    /// contended cores go to tenants in proportion to their weights.
+    /// `requests_per_sec`, `max_in_flight`, `weight`, `plugins`); requests past a
+    /// quota get 429, contended cores go to tenants in proportion to their weights,
+    /// and a tenant that lists its plugins is only those.
     #[arg(long, value_name = "FILE")]
     pub(crate) tenants: Option<PathBuf>,
     /// Shut down (gracefully) when standard input closes: a parent that starts the
@@ -75,6 +76,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
     for (tenant, weight) in quotas.weights() {
         host.scheduler().set_weight(tenant, weight);
     }
+    host.assign_tenants(quotas.assignment());
     let root = args.common.plugin_root();
     let mut options = RunOptions::default();
     options.batching = BatchingConfig {

@@ -9,6 +9,7 @@ use crate::plugin::compile::CompileCache;
 use crate::sandbox::bindings::Handler;
 use crate::sandbox::instance::InstanceState;
 use crate::schedule::Scheduler;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -112,6 +113,44 @@ pub(crate) struct HostInner {
     pub scheduler: Arc<Scheduler>,
     ticker: EpochTicker,
     key_lru: Mutex<KeySetLru>,
+    tenants: Mutex<TenantAssignment>,
+}
+
+/// The operator's say over who a plugin is. A plugin's manifest names its `tenant`
+/// itself, so on its own it could claim another team's name (and use up that team's
+/// quota, or be counted as them). When the operator lists a tenant's plugins, that
+/// tenant is closed: only the listed plugins are it, whatever they declare, and a
+/// plugin that claims it without being listed is its own unlisted tenant, `~NAME`
+/// (no operator's tenant can be named so: `~` is not allowed in names).
+#[derive(Clone, Debug, Default)]
+pub struct TenantAssignment {
+    /// Plugin name → the tenant the operator put it in.
+    owners: HashMap<String, String>,
+    /// Tenants whose plugins the operator listed.
+    closed: HashSet<String>,
+}
+
+impl TenantAssignment {
+    /// Puts `plugins` in `tenant`, and closes it to the others.
+    pub fn assign(&mut self, tenant: &str, plugins: impl IntoIterator<Item = String>) {
+        self.closed.insert(tenant.to_string());
+        for plugin in plugins {
+            self.owners.insert(plugin, tenant.to_string());
+        }
+    }
+
+    /// The tenant of the plugin `name` whose manifest claims `claimed`.
+    pub fn tenant_of(&self, name: &str, claimed: Option<&str>) -> String {
+        if let Some(owner) = self.owners.get(name) {
+            return owner.clone();
+        }
+        let claimed = claimed.unwrap_or(name);
+        if self.closed.contains(claimed) {
+            format!("~{name}")
+        } else {
+            claimed.to_string()
+        }
+    }
 }
 
 impl Drop for HostInner {
@@ -196,6 +235,7 @@ impl Host {
                 scheduler,
                 ticker,
                 key_lru: Mutex::default(),
+                tenants: Mutex::default(),
             }),
         })
     }
@@ -254,6 +294,21 @@ impl Host {
         &self.inner.metrics
     }
 
+    /// Sets the operator's assignment of plugins to tenants, for the plugins loaded
+    /// from now on.
+    pub fn assign_tenants(&self, assignment: TenantAssignment) {
+        *self.inner.tenants.lock().unwrap_or_else(|e| e.into_inner()) = assignment;
+    }
+
+    /// The tenant of the plugin `name` whose manifest claims `claimed`.
+    pub(crate) fn tenant_of(&self, name: &str, claimed: Option<&str>) -> String {
+        self.inner
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tenant_of(name, claimed)
+    }
+
     /// The core slots every handler call runs on, shared fairly between tenants.
     pub fn scheduler(&self) -> &Arc<Scheduler> {
         &self.inner.scheduler
@@ -271,4 +326,25 @@ pub fn plugin_dirs(root: &Path) -> Vec<PathBuf> {
         .collect();
     dirs.sort();
     dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TenantAssignment;
+
+    #[test]
+    fn a_closed_tenant_is_only_the_plugins_the_operator_listed() {
+        let mut assignment = TenantAssignment::default();
+        assert_eq!(assignment.tenant_of("iris", Some("acme")), "acme");
+        assert_eq!(assignment.tenant_of("iris", None), "iris");
+        assignment.assign("acme", ["iris".to_string()]);
+        // Listed: the operator's tenant, whatever the manifest says.
+        assert_eq!(assignment.tenant_of("iris", Some("other")), "acme");
+        assert_eq!(assignment.tenant_of("iris", None), "acme");
+        // Claiming a closed tenant, or being named like it, gets nothing of it.
+        assert_eq!(assignment.tenant_of("intruder", Some("acme")), "~intruder");
+        assert_eq!(assignment.tenant_of("acme", None), "~acme");
+        // Open tenants stay self-declared.
+        assert_eq!(assignment.tenant_of("ocr", Some("beta")), "beta");
+    }
 }

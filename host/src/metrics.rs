@@ -390,8 +390,9 @@ impl Default for StoreMetrics {
 /// The label of the per-tenant accounting.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct TenantLabel {
-    /// The manifest's `tenant`, else the plugin's name (a plugin without a tenant is
-    /// its own). Both are checked names (letters, digits, `-`, `_`).
+    /// The plugin's tenant ([`crate::Plugin::tenant`]): checked names (letters,
+    /// digits, `-`, `_`), or `~NAME` for a plugin that claimed a tenant the operator
+    /// closed to it.
     pub tenant: String,
 }
 

@@ -145,6 +145,8 @@ pub struct Plugin {
     key_sets: Vec<Arc<KeyModelSet>>,
     key_index: HashMap<KeyName, usize>,
     max_instances: usize,
+    /// Who the plugin is accounted, scheduled and limited as.
+    tenant: String,
 }
 
 impl Plugin {
@@ -196,8 +198,10 @@ impl Plugin {
             || std::thread::available_parallelism().map_or(1, |n| n.get()),
             |n| n as usize,
         );
+        let tenant = host.tenant_of(&manifest.name, manifest.tenant.as_deref());
         Ok(Plugin {
             max_instances,
+            tenant,
             host: host.clone(),
             manifest,
             dir: dir.to_path_buf(),
@@ -223,10 +227,11 @@ impl Plugin {
         &self.manifest.name
     }
 
-    /// The tenant the plugin is accounted, scheduled and limited as: the manifest's
-    /// `tenant`, else its own name.
+    /// The tenant the plugin is accounted, scheduled and limited as: the one the
+    /// operator assigned it to, else the manifest's `tenant`, else its own name (see
+    /// [`TenantAssignment`](crate::host::TenantAssignment)).
     pub fn tenant(&self) -> &str {
-        self.manifest.tenant.as_deref().unwrap_or(self.name())
+        &self.tenant
     }
 
     /// The plugin directory.

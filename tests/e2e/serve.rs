@@ -56,6 +56,8 @@ impl Server {
             std::fs::write(dest.join("plugin.toml"), manifest).unwrap();
         }
         let host = host();
+        // As `runinfer serve` does: the operator's tenants file says who is who.
+        host.assign_tenants(config.quotas.assignment());
         let root = PluginRoot::open(host.clone(), dir.path(), |p| {
             dispatch_options(p, &RunOptions::default())
         });
@@ -742,8 +744,10 @@ fn repository_load_unload_and_warm_up() {
 fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
     let mut config = ServeConfig::default();
     config.quotas = std::sync::Arc::new(
-        runinfer::serve::quota::Quotas::parse("[tenants.metered]\nrequests_per_sec = 0.001\n")
-            .unwrap(),
+        runinfer::serve::quota::Quotas::parse(
+            "[tenants.metered]\nrequests_per_sec = 0.001\nplugins = [\"metered-iris\"]\n",
+        )
+        .unwrap(),
     );
     let iris = |name: &str, tenant: &str| {
         format!(
@@ -751,10 +755,13 @@ fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
         )
     };
     let (metered, free) = (iris("metered-iris", "metered"), iris("free-iris", "free"));
+    // Claims the metered tenant, which the operator closed to its listed plugins.
+    let sneaky = iris("sneaky-iris", "metered");
     let server = Server::start_with(
         &[
             ("metered-iris", "iris", Some(&metered)),
             ("free-iris", "iris", Some(&free)),
+            ("sneaky-iris", "iris", Some(&sneaky)),
         ],
         config,
     );
@@ -763,6 +770,11 @@ fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
         &[2, 4],
         json!([5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]),
     );
+    // The impostor neither uses up the metered tenant's quota nor is counted as it.
+    for _ in 0..2 {
+        let (status, out) = server.call("POST", "/v2/models/sneaky-iris/infer", Some(&body));
+        assert_eq!(status, 200, "{out}");
+    }
     // A bucket of one request, refilled once in 1000 s: the second is refused.
     let (status, out) = server.call("POST", "/v2/models/metered-iris/infer", Some(&body));
     assert_eq!(status, 200, "{out}");
@@ -795,5 +807,6 @@ fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
     let ran =
         |tenant: &str| values[&format!("runinfer_tenant_examples_total{{tenant=\"{tenant}\"}}")];
     assert_eq!((ran("metered"), ran("free")), (2.0, 6.0));
+    assert_eq!(ran("~sneaky-iris"), 4.0);
     server.stop();
 }

@@ -5,15 +5,18 @@
 //! counted in `runinfer_tenant_refused_requests_total` / `_examples_total`.
 //!
 //! The same file sets each tenant's `weight`, its share of the cores when they are
-//! contended (the host's [`crate::schedule`]).
+//! contended (the host's [`crate::schedule`]), and may list its `plugins`: then only
+//! those are the tenant, whatever other manifests claim.
 //!
 //! ```toml
 //! [tenants.acme]
 //! requests_per_sec = 100
 //! max_in_flight = 8
 //! weight = 3
+//! plugins = ["iris", "ocr"]
 //! ```
 
+use crate::host::TenantAssignment;
 use crate::metrics::TenantMetrics;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -35,6 +38,10 @@ pub struct TenantQuota {
     /// The tenant's share of the cores when they are contended, relative to the
     /// others' (default 1): see [`crate::schedule`].
     pub weight: Option<u32>,
+    /// The plugins that are this tenant, whatever their manifests declare; a plugin
+    /// that claims the tenant without being listed is not it
+    /// ([`TenantAssignment`]).
+    pub plugins: Option<Vec<String>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -87,6 +94,20 @@ impl Quotas {
                     "`tenants.{tenant}.weight`: expected 1 to {MAX_WEIGHT}, got {weight}"
                 ));
             }
+            for plugin in quota.plugins.iter().flatten() {
+                crate::manifest::check_name(plugin)
+                    .map_err(|m| format!("`tenants.{tenant}.plugins`: {m}"))?;
+                if let Some(other) = file
+                    .tenants
+                    .iter()
+                    .find(|(t, q)| *t != tenant && q.plugins.iter().flatten().any(|p| p == plugin))
+                {
+                    return Err(format!(
+                        "`tenants.{tenant}.plugins`: plugin `{plugin}` is also listed by tenant `{}`",
+                        other.0
+                    ));
+                }
+            }
             if quota.max_in_flight == Some(0) {
                 return Err(format!(
                     "`tenants.{tenant}.max_in_flight`: expected at least 1, got 0"
@@ -97,6 +118,17 @@ impl Quotas {
             limits: file.tenants,
             usage: Mutex::default(),
         })
+    }
+
+    /// Which plugins the operator put in which tenant.
+    pub fn assignment(&self) -> TenantAssignment {
+        let mut assignment = TenantAssignment::default();
+        for (tenant, quota) in &self.limits {
+            if let Some(plugins) = &quota.plugins {
+                assignment.assign(tenant, plugins.iter().cloned());
+            }
+        }
+        assignment
     }
 
     /// The weights the operator set, by tenant.
@@ -201,6 +233,11 @@ mod tests {
             ("[tenants.\"a b\"]\nmax_in_flight = 1\n", "`tenants.a b`"),
             ("[tenants.a]\nweight = 0\n", "expected 1 to 1000"),
             ("[tenants.a]\npriority = 1\n", "unknown field `priority`"),
+            (
+                "[tenants.a]\nplugins = [\"p\"]\n[tenants.b]\nplugins = [\"p\"]\n",
+                "plugin `p` is also listed by tenant `b`",
+            ),
+            ("[tenants.a]\nplugins = [\"a/b\"]\n", "`tenants.a.plugins`"),
         ] {
             let err = Quotas::parse(text).unwrap_err();
             assert!(err.contains(expected), "{text}: {err}");
