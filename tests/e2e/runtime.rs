@@ -487,22 +487,17 @@ fn tenants_weighted_one_and_three_share_the_cores_one_to_three() {
     };
     let rows = 60;
     let input = "\"work\"\n".repeat(rows).into_bytes();
-    let examples = |tenant: &str| {
+    // One tenant's counter (0 until the tenant has run something).
+    let tenant_total = |counter: &str, tenant: &str| {
         prometheus_values(&host.metrics().encode())
             .get(&format!(
-                "runinfer_tenant_examples_total{{tenant=\"{tenant}\"}}"
+                "runinfer_tenant_{counter}_total{{tenant=\"{tenant}\"}}"
             ))
             .copied()
             .unwrap_or(0.0)
     };
-    let cpu = |tenant: &str| {
-        prometheus_values(&host.metrics().encode())
-            .get(&format!(
-                "runinfer_tenant_handler_cpu_seconds_total{{tenant=\"{tenant}\"}}"
-            ))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let examples = |tenant: &str| tenant_total("examples", tenant);
+    let cpu = |tenant: &str| tenant_total("handler_cpu_seconds", tenant);
     let (done_one, cpu_one, cpu_three) = std::thread::scope(|scope| {
         let light = scope.spawn(|| run(&one, &input, &options));
         let heavy = run(&three, &input, &options);
