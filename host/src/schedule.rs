@@ -53,14 +53,24 @@ struct Tenant {
     running: usize,
     /// Calls waiting.
     waiting: usize,
-    /// Per plugin: slot seconds used, calls running or waiting, and when it was
-    /// last granted a slot.
-    plugins: HashMap<Arc<str>, (f64, usize, u64)>,
+    /// Per plugin of the tenant.
+    plugins: HashMap<Arc<str>, PluginShare>,
     /// When the tenant was last granted a slot (a count of grants): of two equal
     /// clocks, the one served longer ago goes first.
     granted_at: u64,
     /// Slot time used in all, for [`Scheduler::usage`].
     used: Duration,
+}
+
+/// One plugin's part of its tenant's slots.
+#[derive(Clone, Copy, Default)]
+struct PluginShare {
+    /// Slot seconds used.
+    used: f64,
+    /// Calls running or waiting.
+    active: usize,
+    /// When it was last granted a slot (a count of grants).
+    granted_at: u64,
 }
 
 struct Waiter {
@@ -217,14 +227,14 @@ impl State {
         let floor = entry
             .plugins
             .values()
-            .filter(|(_, active, _)| *active > 0)
-            .map(|(used, _, _)| *used)
+            .filter(|share| share.active > 0)
+            .map(|share| share.used)
             .fold(f64::INFINITY, f64::min);
-        let (used, active, _) = entry.plugins.entry(plugin.clone()).or_default();
-        if *active == 0 && floor.is_finite() {
-            *used = used.max(floor);
+        let share = entry.plugins.entry(plugin.clone()).or_default();
+        if share.active == 0 && floor.is_finite() {
+            share.used = share.used.max(floor);
         }
-        *active += 1;
+        share.active += 1;
     }
 
     /// Where a call of `tenant`/`plugin` stands in fair order, the lower first:
@@ -233,8 +243,8 @@ impl State {
         let Some(entry) = self.tenants.get(tenant) else {
             return (self.now, 0, 0.0, 0);
         };
-        let (used, _, granted_at) = entry.plugins.get(plugin).copied().unwrap_or_default();
-        (entry.clock, entry.granted_at, used, granted_at)
+        let share = entry.plugins.get(plugin).copied().unwrap_or_default();
+        (entry.clock, entry.granted_at, share.used, share.granted_at)
     }
 
     /// True if a call waiting now comes before a call of `tenant`/`plugin`.
@@ -253,7 +263,7 @@ impl State {
                 && entry
                     .plugins
                     .iter()
-                    .any(|(p, (_, active, _))| *active > 0 && self.rank(name, p) > mine)
+                    .any(|(p, share)| share.active > 0 && self.rank(name, p) > mine)
         })
     }
 
@@ -279,8 +289,8 @@ impl State {
             tenant.waiting -= 1;
             tenant.running += 1;
             tenant.granted_at = self.grants;
-            if let Some(p) = tenant.plugins.get_mut(&waiter.plugin) {
-                p.2 = self.grants;
+            if let Some(share) = tenant.plugins.get_mut(&waiter.plugin) {
+                share.granted_at = self.grants;
             }
             self.now = self.now.max(tenant.clock);
             self.free -= 1;
@@ -296,8 +306,8 @@ impl State {
         let entry = self.tenants.entry(tenant.clone()).or_default();
         entry.clock += held.as_secs_f64() / weight;
         entry.used += held;
-        if let Some((used, _, _)) = entry.plugins.get_mut(plugin) {
-            *used += held.as_secs_f64();
+        if let Some(share) = entry.plugins.get_mut(plugin) {
+            share.used += held.as_secs_f64();
         }
     }
 
@@ -305,8 +315,8 @@ impl State {
     fn leave(&mut self, tenant: &Arc<str>, plugin: &Arc<str>) {
         let entry = self.tenants.entry(tenant.clone()).or_default();
         entry.running = entry.running.saturating_sub(1);
-        if let Some((_, active, _)) = entry.plugins.get_mut(plugin) {
-            *active = active.saturating_sub(1);
+        if let Some(share) = entry.plugins.get_mut(plugin) {
+            share.active = share.active.saturating_sub(1);
         }
         self.free += 1;
     }
