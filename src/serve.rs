@@ -73,10 +73,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<std::process::ExitCode> {
         None => std::sync::Arc::<Quotas>::default(),
     };
     let host = args.common.host()?;
-    for (tenant, weight) in quotas.weights() {
-        host.scheduler().set_weight(tenant, weight);
-    }
-    host.assign_tenants(quotas.assignment());
+    quotas.apply_to(&host);
     let root = args.common.plugin_root();
     let mut options = RunOptions::default();
     options.batching = BatchingConfig {

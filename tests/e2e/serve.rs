@@ -57,7 +57,7 @@ impl Server {
         }
         let host = host();
         // As `runinfer serve` does: the operator's tenants file says who is who.
-        host.assign_tenants(config.quotas.assignment());
+        config.quotas.apply_to(&host);
         let root = PluginRoot::open(host.clone(), dir.path(), |p| {
             dispatch_options(p, &RunOptions::default())
         });

@@ -120,6 +120,15 @@ impl Quotas {
         })
     }
 
+    /// Gives `host` the operator's tenant weights and plugin assignment; before
+    /// its plugins load, since a plugin's tenant is settled when it loads.
+    pub fn apply_to(&self, host: &crate::Host) {
+        for (tenant, weight) in self.weights() {
+            host.scheduler().set_weight(tenant, weight);
+        }
+        host.assign_tenants(self.assignment());
+    }
+
     /// Which plugins the operator put in which tenant.
     pub fn assignment(&self) -> TenantAssignment {
         let mut assignment = TenantAssignment::default();
