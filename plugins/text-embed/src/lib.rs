@@ -26,6 +26,8 @@ struct TextEmbed {
     model: Option<Model>,
     tokenizer: Option<Tokenizer>,
     with_token_ids: bool,
+    /// Whether the model takes `token_type_ids` (the usual BERT exports do).
+    takes_token_types: bool,
     /// The model output of the token states.
     hidden_output: String,
     /// Width of the embedding (the model's hidden size).
@@ -148,6 +150,7 @@ impl ModelHandler for TextEmbed {
             }
         };
         self.hidden_output = hidden.name.clone();
+        self.takes_token_types = names.iter().any(|n| n == "token_type_ids");
         self.model = Some(model);
         self.tokenizer = Some(tokenizer);
         Ok(())
@@ -175,13 +178,21 @@ impl ModelHandler for TextEmbed {
         let shape = [rows as u64, tokens as u64];
         let ids = Tensor::from_bytes(Dtype::I64, &shape, &column(|e| e.get_ids()))?;
         let mask = Tensor::from_bytes(Dtype::I64, &shape, &column(|e| e.get_attention_mask()))?;
-        let types = Tensor::from_bytes(Dtype::I64, &shape, &column(|e| e.get_type_ids()))?;
+        let types = if self.takes_token_types {
+            Some(Tensor::from_bytes(
+                Dtype::I64,
+                &shape,
+                &column(|e| e.get_type_ids()),
+            )?)
+        } else {
+            None
+        };
         let mut feed = vec![
             ("input_ids".to_string(), &ids),
             ("attention_mask".to_string(), &mask),
         ];
-        if model.inputs().iter().any(|i| i.name == "token_type_ids") {
-            feed.push(("token_type_ids".to_string(), &types));
+        if let Some(types) = &types {
+            feed.push(("token_type_ids".to_string(), types));
         }
         let mut outputs = model.run(&feed)?;
         let hidden = take_output(&mut outputs, &self.hidden_output)?;
