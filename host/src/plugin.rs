@@ -567,7 +567,8 @@ impl Plugin {
             return self.run_call(set, batch, args);
         };
         let mut slots: Vec<Option<Value>> = batch.into_iter().map(Some).collect();
-        let mut values: Vec<Option<Value>> = (0..slots.len()).map(|_| None).collect();
+        let mut values: Vec<Option<Result<Value, InferenceError>>> =
+            (0..slots.len()).map(|_| None).collect();
         let mut model_ids = std::collections::BTreeSet::new();
         for group in groups {
             let call = group

@@ -272,7 +272,7 @@ fn update_model_path_serves_the_new_file() {
                 .unwrap();
         let result = instance.run_inference(vec![example], &[]).unwrap();
         (
-            serde_json::to_value(&result.values[0]).unwrap(),
+            serde_json::to_value(result.values[0].as_ref().unwrap()).unwrap(),
             result.model_ids,
         )
     };

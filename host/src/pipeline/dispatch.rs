@@ -482,10 +482,17 @@ impl WorkerContext {
                 let timers = metrics.element_timers(&set_model_id);
                 for ((queued_at, reply), value) in waiting.into_iter().zip(inferences.values) {
                     timers.record(started - queued_at, done - queued_at);
-                    let _ = reply.send(Ok(Output {
-                        value,
-                        model_id: model_id.clone(),
-                    }));
+                    let _ = reply.send(match value {
+                        Ok(value) => Ok(Output {
+                            value,
+                            model_id: model_id.clone(),
+                        }),
+                        // Refused by the handler on its own (its batch-mates were not).
+                        Err(error) => Err(Failure {
+                            error,
+                            model_id: model_id.clone(),
+                        }),
+                    });
                 }
             }
             Err((error, set_model_id)) => {

@@ -53,8 +53,9 @@ impl PluginEnv {
 /// The handler's results for one batch.
 #[derive(Debug)]
 pub struct Inferences {
-    /// One inference per example, in order.
-    pub values: Vec<Value>,
+    /// One inference per example, in order, or the error the handler gave for that
+    /// example alone.
+    pub values: Vec<Result<Value, InferenceError>>,
     /// Ids of the models the handler ran for this batch (empty if none).
     pub model_ids: Vec<String>,
 }
@@ -280,23 +281,59 @@ impl HandlerInstance {
 
     /// Beam's `run_inference` on one batch. An error of code `trap` or `timeout` means
     /// the instance must be dropped.
+    ///
+    /// When the handler refuses the batch as invalid input and every example can be
+    /// handed over again (bytes, text, JSON: a tensor moves into the guest), each
+    /// example is asked alone, so that one bad image or text fails itself and not the
+    /// examples batched with it.
     pub fn run_inference(
         &mut self,
         batch: Vec<Value>,
         args: &[(String, String)],
     ) -> Result<Inferences, InferenceError> {
-        let expected = batch.len();
         let state = self.store.data_mut();
         state.models_used.clear();
         let guest_batch = batch
             .into_iter()
             .map(|value| state.value_to_guest(value))
             .collect::<Result<Vec<_>, _>>()?;
+        let values = match self.call_run_inference(&guest_batch, args) {
+            Ok(values) => values.into_iter().map(Ok).collect(),
+            Err(e)
+                if e.code == ErrorCode::InvalidInput
+                    && guest_batch.len() > 1
+                    && guest_batch.iter().all(can_resend) =>
+            {
+                guest_batch
+                    .iter()
+                    .map(|one| {
+                        let mut value = self.call_run_inference(std::slice::from_ref(one), args)?;
+                        Ok(value.remove(0))
+                    })
+                    .collect()
+            }
+            Err(e) => return Err(e),
+        };
+        let state = self.store.data_mut();
+        Ok(Inferences {
+            values,
+            model_ids: std::mem::take(&mut state.models_used).into_iter().collect(),
+        })
+    }
+
+    /// One `run-inference` call: the inferences, checked against the declared outputs
+    /// and the output cap.
+    fn call_run_inference(
+        &mut self,
+        guest_batch: &[types::Value],
+        args: &[(String, String)],
+    ) -> Result<Vec<Value>, InferenceError> {
+        let expected = guest_batch.len();
         set_deadline(&mut self.store);
         let results = self
             .handler
             .runinfer_handler_handler_api()
-            .call_run_inference(&mut self.store, &guest_batch, args)
+            .call_run_inference(&mut self.store, guest_batch, args)
             .map_err(|e| trap_error(e, &self.store.data().output))?
             .map_err(from_guest_error)?;
         if results.len() != expected {
@@ -339,10 +376,19 @@ impl HandlerInstance {
                 ),
             ));
         }
-        Ok(Inferences {
-            values,
-            model_ids: std::mem::take(&mut state.models_used).into_iter().collect(),
-        })
+        Ok(values)
+    }
+}
+
+/// Whether a guest value can be handed to the handler again after a call: plain data
+/// is copied into the guest, a tensor moves into it.
+fn can_resend(value: &types::Value) -> bool {
+    match value {
+        types::Value::Tensor(_) => false,
+        types::Value::Fields(fields) => fields
+            .iter()
+            .all(|(_, field)| matches!(field, types::Field::Text(_))),
+        types::Value::Json(_) | types::Value::Text(_) | types::Value::Bytes(_) => true,
     }
 }
 
