@@ -12,9 +12,22 @@ fn client_python() -> PathBuf {
     python_env("requirements.txt", "py-clients")
 }
 
+/// A child process killed when dropped: a test that panics (a venv that cannot be
+/// installed, a failed assertion) must not leave its server running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// `runinfer serve` on a free port, with its stderr read until it says where.
 struct Server {
-    child: std::process::Child,
+    child: KillOnDrop,
     address: String,
     /// Where the OIP gRPC service listens.
     grpc: String,
@@ -24,15 +37,17 @@ struct Server {
 
 impl Server {
     fn start(extra: &[&std::ffi::OsStr]) -> Server {
-        let mut child = runinfer()
-            .args(["serve", "--port", "0", "--no-watch"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = KillOnDrop(
+            runinfer()
+                .args(["serve", "--port", "0", "--no-watch"])
+                .args(extra)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
         // "runinfer: OIP gRPC (...) on 127.0.0.1:PORT", then
         // "runinfer: serving <root> on http://127.0.0.1:PORT"
-        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
         let mut log = String::new();
         let mut grpc = None;
         let address = loop {
@@ -111,11 +126,11 @@ impl Server {
     /// SIGTERM, which must end the process with success; returns its whole stderr.
     fn stop(mut self) -> String {
         let killed = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args(["-TERM", &self.child.0.id().to_string()])
             .status()
             .unwrap();
         assert!(killed.success());
-        let status = self.child.wait().unwrap();
+        let status = self.child.0.wait().unwrap();
         let log = self.log + &self.drain.join().unwrap();
         assert!(status.success(), "serve exited with {status}:\n{log}");
         log
