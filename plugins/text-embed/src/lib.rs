@@ -14,9 +14,13 @@
 //! another implementation; default `false`: the embedding alone).
 
 use runinfer_sdk::*;
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::utils::padding::pad_encodings;
+use tokenizers::{Encoding, PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 const ARGS: [&str; 4] = ["model", "tokenizer", "max_length", "with_token_ids"];
+
+/// Texts per model run: a batch is sorted by length and run this many at a time.
+const TEXTS_PER_RUN: usize = 16;
 
 #[derive(Default)]
 struct TextEmbed {
@@ -25,6 +29,8 @@ struct TextEmbed {
     max_length: usize,
     model: Option<Model>,
     tokenizer: Option<Tokenizer>,
+    /// Padding to the longest text of each run (applied per run, not per batch).
+    padding: PaddingParams,
     with_token_ids: bool,
     /// Whether the model takes `token_type_ids` (the usual BERT exports do).
     takes_token_types: bool,
@@ -112,10 +118,11 @@ impl ModelHandler for TextEmbed {
                 ..TruncationParams::default()
             }))
             .map_err(|e| config_error("tokenizer truncation", e))?;
-        tokenizer.with_padding(Some(PaddingParams {
+        tokenizer.with_padding(None);
+        self.padding = PaddingParams {
             strategy: PaddingStrategy::BatchLongest,
             ..PaddingParams::default()
-        }));
+        };
         let model = Model::open(&self.model_name)?;
         let names: Vec<String> = model.inputs().into_iter().map(|i| i.name).collect();
         for wanted in ["input_ids", "attention_mask"] {
@@ -157,19 +164,49 @@ impl ModelHandler for TextEmbed {
     }
 
     fn run_inference(&mut self, batch: Vec<Value>, _args: &Args) -> Result<Vec<Value>, Error> {
-        let (Some(model), Some(tokenizer)) = (&self.model, &self.tokenizer) else {
+        let Some(tokenizer) = &self.tokenizer else {
             return Err(Error::internal("load_model was not called"));
         };
         let texts = batch
             .into_iter()
             .map(Value::into_text)
             .collect::<Result<Vec<_>, _>>()?;
-        let encodings = tokenizer
+        let mut encodings = tokenizer
             .encode_batch(texts, true)
             .map_err(|e| Error::invalid_input(format!("cannot tokenize: {e}")))?;
+        // Texts of similar length run together, TEXTS_PER_RUN at a time, each run padded
+        // to its own longest: the transformer's work is the padded tokens, and a batch
+        // padded to its single longest text wastes up to half of it.
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut embeddings: Vec<Option<Value>> = (0..encodings.len()).map(|_| None).collect();
+        for run in order.chunks(TEXTS_PER_RUN) {
+            let mut chunk: Vec<_> = run
+                .iter()
+                .map(|&i| std::mem::take(&mut encodings[i]))
+                .collect();
+            pad_encodings(&mut chunk, &self.padding)
+                .map_err(|e| Error::internal(format!("cannot pad: {e}")))?;
+            for (&i, value) in run.iter().zip(self.embed(&chunk)?) {
+                embeddings[i] = Some(value);
+            }
+        }
+        Ok(embeddings
+            .into_iter()
+            .map(|v| v.expect("every text is in one run"))
+            .collect())
+    }
+}
+
+impl TextEmbed {
+    /// One model run on texts padded to the same length: their embeddings.
+    fn embed(&self, encodings: &[Encoding]) -> Result<Vec<Value>, Error> {
+        let Some(model) = &self.model else {
+            return Err(Error::internal("load_model was not called"));
+        };
         let rows = encodings.len();
         let tokens = encodings.first().map_or(0, |e| e.get_ids().len());
-        let column = |get: fn(&tokenizers::Encoding) -> &[u32]| -> Vec<u8> {
+        let column = |get: fn(&Encoding) -> &[u32]| -> Vec<u8> {
             encodings
                 .iter()
                 .flat_map(|e| get(e).iter().flat_map(|&v| i64::from(v).to_le_bytes()))
@@ -214,7 +251,7 @@ impl ModelHandler for TextEmbed {
                 if !self.with_token_ids {
                     return Ok(Value::Tensor(embedding));
                 }
-                // The tokens of this text alone, without the batch's padding.
+                // The tokens of this text alone, without the run's padding.
                 let ids: Vec<u8> = encoding
                     .get_ids()
                     .iter()
