@@ -19,7 +19,8 @@ use tokenizers::{Encoding, PaddingParams, PaddingStrategy, Tokenizer, Truncation
 
 const ARGS: [&str; 4] = ["model", "tokenizer", "max_length", "with_token_ids"];
 
-/// Texts per model run: a batch is sorted by length and run this many at a time.
+/// Texts per model run: a batch (up to 256 by plugin.toml) is sorted by length and run
+/// this many at a time.
 const TEXTS_PER_RUN: usize = 16;
 
 #[derive(Default)]
