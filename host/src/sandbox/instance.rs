@@ -304,13 +304,17 @@ impl HandlerInstance {
                     && guest_batch.len() > 1
                     && guest_batch.iter().all(can_resend) =>
             {
-                guest_batch
-                    .iter()
-                    .map(|one| {
-                        let mut value = self.call_run_inference(std::slice::from_ref(one), args)?;
-                        Ok(value.remove(0))
-                    })
-                    .collect()
+                let mut values = Vec::with_capacity(guest_batch.len());
+                for one in &guest_batch {
+                    match self.call_run_inference(std::slice::from_ref(one), args) {
+                        Ok(mut value) => values.push(Ok(value.remove(0))),
+                        // A trap or timeout leaves the instance unusable: the whole call
+                        // fails, so that the caller drops it.
+                        Err(e) if e.instance_lost() => return Err(e),
+                        Err(e) => values.push(Err(e)),
+                    }
+                }
+                values
             }
             Err(e) => return Err(e),
         };
