@@ -436,3 +436,34 @@ fn empty_tensors_are_bounded_and_unstack_one_row_each() {
         "more than limits.max_tensor_mb (32)",
     );
 }
+
+#[test]
+fn a_refused_example_fails_alone_and_a_trap_on_the_retry_drops_the_instance() {
+    let dir = hostile("");
+    let host = host();
+    let plugin = load(&host, dir.path());
+    // One batch of three: the handler refuses the whole batch for its first example;
+    // asked one by one, only that example is refused.
+    let out = run(&plugin, b"\"bogus\"\n\"ok\"\n\"ok\"\n", &size_only(3));
+    assert_eq!(out.predictions.len(), 2, "{:?}", out.dead_letters);
+    assert_eq!(out.dead_letters.len(), 1);
+    assert_eq!(out.dead_letters[0]["line"], 1);
+    assert_error(
+        &out.dead_letters[0]["error"],
+        "invalid_input",
+        "unknown misdeed",
+    );
+    // A trap while asking one by one fails the whole call and the instance is
+    // replaced: the next batch works.
+    let out = run(
+        &plugin,
+        b"\"bogus\"\n\"panic\"\n\"ok\"\n\"ok\"\n",
+        &size_only(3),
+    );
+    assert_eq!(out.dead_letters.len(), 3, "{:?}", out.predictions);
+    for dead in &out.dead_letters {
+        assert_error(&dead["error"], "trap", "panics on purpose");
+    }
+    assert_eq!(out.predictions.len(), 1, "{:?}", out.dead_letters);
+    assert_eq!(out.predictions[0]["inference"], "ok");
+}
