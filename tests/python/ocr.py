@@ -21,7 +21,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import threading
 import unicodedata
 import zlib
 from collections import Counter
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from checks import check
+from checks import check, served
 from ocr_images import images
 
 
@@ -93,27 +92,13 @@ def huge_png(width, height):
 def serve_lines(binary, plugins, pictures):
     import tritonclient.http as httpclient
 
-    server = subprocess.Popen([str(binary), "serve", "--port", "0", "--no-grpc", "--no-watch",
-                               "--plugins", str(plugins)], stderr=subprocess.PIPE, text=True)
-    try:
-        log = []
-        while True:
-            line = server.stderr.readline()
-            check(line, "runinfer serve exited before listening:\n" + "".join(log))
-            log.append(line)
-            if " on http://" in line:
-                address = line.strip().rsplit(" on http://", 1)[1]
-                break
-        threading.Thread(target=server.stderr.read, daemon=True).start()
+    with served(binary, plugins) as address:
         client = httpclient.InferenceServerClient(address)
         output = client.get_model_metadata("ocr")["outputs"][0]["name"]
         request = httpclient.InferInput("input", [len(pictures)], "BYTES")
         request.set_data_from_numpy(np.array(pictures, dtype=object))
         result = client.infer("ocr", [request]).as_numpy(output)
         return [json.loads(r) for r in result]
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def main():

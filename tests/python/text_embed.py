@@ -18,14 +18,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from checks import check
+from checks import check, served
 
 WORDS = (
     "the quick brown fox jumps over a lazy dog while model handlers run inside "
@@ -94,18 +93,7 @@ def run(binary, plugins, input_path, work):
 def serve_embeddings(binary, plugins, batch_texts):
     import tritonclient.http as httpclient
 
-    server = subprocess.Popen([str(binary), "serve", "--port", "0", "--no-grpc", "--no-watch",
-                               "--plugins", str(plugins)], stderr=subprocess.PIPE, text=True)
-    try:
-        log = []
-        while True:
-            line = server.stderr.readline()
-            check(line, "runinfer serve exited before listening:\n" + "".join(log))
-            log.append(line)
-            if " on http://" in line:
-                address = line.strip().rsplit(" on http://", 1)[1]
-                break
-        threading.Thread(target=server.stderr.read, daemon=True).start()
+    with served(binary, plugins) as address:
         client = httpclient.InferenceServerClient(address)
         # One request of several texts, then texts one at a time.
         infer = httpclient.InferInput("input", [8], "BYTES")
@@ -118,9 +106,6 @@ def serve_embeddings(binary, plugins, batch_texts):
             rows.extend(client.infer("text-embed", [one]).as_numpy(
                 client.get_model_metadata("text-embed")["outputs"][0]["name"]))
         return np.array(rows, dtype=np.float32)
-    finally:
-        server.terminate()
-        server.wait()
 
 
 def reference(models, batch_texts, batch_size=16):
