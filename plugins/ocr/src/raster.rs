@@ -168,7 +168,7 @@ impl Bgr {
         let Some(h) = homography(&target, corners) else {
             return out;
         };
-        let table = CubicTable::new();
+        let table = CubicTable::get();
         for y in 0..height {
             for x in 0..width {
                 let (u, v) = (x as f64, y as f64);
@@ -176,7 +176,7 @@ impl Bgr {
                 let sx = (h[0] * u + h[1] * v + h[2]) / w;
                 let sy = (h[3] * u + h[4] * v + h[5]) / w;
                 let o = (y * width + x) * 3;
-                self.sample_cubic(sx, sy, &table, &mut out.pixels[o..o + 3]);
+                self.sample_cubic(sx, sy, table, &mut out.pixels[o..o + 3]);
             }
         }
         out
@@ -272,6 +272,12 @@ fn cubic_weights(t: f32) -> [f32; 4] {
 struct CubicTable(Vec<[i32; 16]>);
 
 impl CubicTable {
+    /// The table, built on first use (every crop samples the same one).
+    fn get() -> &'static CubicTable {
+        static TABLE: std::sync::OnceLock<CubicTable> = std::sync::OnceLock::new();
+        TABLE.get_or_init(CubicTable::new)
+    }
+
     fn new() -> Self {
         let mut table = Vec::with_capacity(32 * 32);
         for fy in 0..32 {
