@@ -413,6 +413,172 @@ impl Tensor {
     }
 }
 
+impl Tensor {
+    /// The fast path of [`Tensor::from_json`] for the common example, a rectangular
+    /// nested array of numbers, decoded straight from its JSON text (no
+    /// `serde_json::Value` in between). `None` for anything else — tensor objects,
+    /// booleans, empty arrays, ragged or out-of-range input, text that is not JSON —
+    /// which the caller decodes with [`Tensor::from_json`], whose errors say why.
+    pub fn from_json_text(text: &str, dtype: DType) -> Option<Tensor> {
+        if dtype == DType::Boolean {
+            return None;
+        }
+        let mut nested = Nested {
+            dtype,
+            data: Vec::new(),
+            dims: Vec::new(),
+            rank: None,
+        };
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde::de::DeserializeSeed::deserialize(
+            Level {
+                nested: &mut nested,
+                depth: 0,
+            },
+            &mut de,
+        )
+        .ok()?;
+        de.end().ok()?;
+        let shape = nested.dims.into_iter().collect::<Option<Vec<usize>>>()?;
+        (shape.len() == nested.rank?).then_some(())?;
+        Tensor::from_bytes(dtype, shape, nested.data).ok()
+    }
+}
+
+/// What [`Tensor::from_json_text`] has read so far.
+struct Nested {
+    dtype: DType,
+    data: Vec<u8>,
+    /// The length of every array seen at each depth (they must agree).
+    dims: Vec<Option<usize>>,
+    /// The depth of the numbers (they must agree).
+    rank: Option<usize>,
+}
+
+/// One array level (or the number at the bottom) of a nested array.
+struct Level<'n> {
+    nested: &'n mut Nested,
+    depth: usize,
+}
+
+/// Any error: the caller falls back to the slow path for the message.
+#[derive(Debug)]
+struct NotFast;
+
+impl std::fmt::Display for NotFast {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a plain nested array")
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Level<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl Level<'_> {
+    fn leaf<E: serde::de::Error>(
+        self,
+        push: impl FnOnce(&mut Vec<u8>, DType) -> Option<()>,
+    ) -> Result<(), E> {
+        let nested = self.nested;
+        match nested.rank {
+            None => nested.rank = Some(self.depth),
+            Some(rank) if rank != self.depth => return Err(E::custom(NotFast)),
+            Some(_) => {}
+        }
+        push(&mut nested.data, nested.dtype).ok_or_else(|| E::custom(NotFast))
+    }
+}
+
+/// `v` as an integer of the dtype, little-endian; `None` when it does not fit.
+fn push_int(out: &mut Vec<u8>, dtype: DType, v: i128) -> Option<()> {
+    macro_rules! int {
+        ($t:ty) => {
+            out.extend_from_slice(&<$t>::try_from(v).ok()?.to_le_bytes())
+        };
+    }
+    match dtype {
+        DType::F32 => out.extend_from_slice(&(v as f64 as f32).to_le_bytes()),
+        DType::F64 => out.extend_from_slice(&(v as f64).to_le_bytes()),
+        DType::I8 => int!(i8),
+        DType::I16 => int!(i16),
+        DType::I32 => int!(i32),
+        DType::I64 => int!(i64),
+        DType::U8 => int!(u8),
+        DType::U16 => int!(u16),
+        DType::U32 => int!(u32),
+        DType::U64 => int!(u64),
+        DType::Boolean => return None,
+    }
+    Some(())
+}
+
+impl<'de> serde::de::Visitor<'de> for Level<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a nested array of numbers")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.leaf(|out, dtype| push_int(out, dtype, i128::from(v)))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.leaf(|out, dtype| push_int(out, dtype, i128::from(v)))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        self.leaf(|out, dtype| {
+            match dtype {
+                // Past f32's range `as` gives infinity: the slow path says so.
+                DType::F32 => {
+                    let narrowed = v as f32;
+                    (!narrowed.is_infinite()).then_some(())?;
+                    out.extend_from_slice(&narrowed.to_le_bytes());
+                }
+                DType::F64 => out.extend_from_slice(&v.to_le_bytes()),
+                _ => return None,
+            }
+            Some(())
+        })
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        use serde::de::Error as _;
+        let (nested, depth) = (self.nested, self.depth);
+        if nested.rank.is_some_and(|rank| depth >= rank) || depth >= MAX_RANK {
+            return Err(A::Error::custom(NotFast));
+        }
+        let mut len = 0;
+        while seq
+            .next_element_seed(Level {
+                nested: &mut *nested,
+                depth: depth + 1,
+            })?
+            .is_some()
+        {
+            len += 1;
+        }
+        if len == 0 {
+            return Err(A::Error::custom(NotFast));
+        }
+        if nested.dims.len() <= depth {
+            nested.dims.resize(depth + 1, None);
+        }
+        match nested.dims[depth] {
+            None => nested.dims[depth] = Some(len),
+            Some(known) if known != len => return Err(A::Error::custom(NotFast)),
+            Some(_) => {}
+        }
+        Ok(())
+    }
+}
+
 fn at(path: &[usize], message: String) -> TensorError {
     let index: String = path.iter().map(|i| format!("[{i}]")).collect();
     TensorError::Invalid(format!("at {index}: {message}"))
@@ -697,5 +863,49 @@ mod tests {
         assert_eq!(t.to_i64().unwrap(), vec![-2, 7]);
         assert_eq!(t.to_f32(), vec![-2.0, 7.0]);
         assert!(Tensor::from_f32(vec![1], &[1.5]).unwrap().to_i64().is_err());
+    }
+
+    #[test]
+    fn the_text_fast_path_decodes_what_the_value_path_decodes() {
+        for (text, dtype) in [
+            ("[5.1, 3.5, 1.4, 0.2]", DType::F32),
+            ("[[1, 2, 3], [4, 5, 6]]", DType::I64),
+            ("[[[0.5]], [[-1e3]]]", DType::F64),
+            ("7", DType::U8),
+            ("[255, 0]", DType::U8),
+            ("[-3, 2]", DType::I8),
+            ("[1.5, 2]", DType::F32),
+            ("[18446744073709551615]", DType::U64),
+        ] {
+            let fast = Tensor::from_json_text(text, dtype).expect(text);
+            let slow = Tensor::from_json(&serde_json::from_str(text).unwrap(), dtype).unwrap();
+            assert_eq!(
+                (fast.shape(), fast.bytes()),
+                (slow.shape(), slow.bytes()),
+                "{text}"
+            );
+        }
+        // Everything else goes the value path, which says why it fails (or decodes it).
+        for (text, dtype) in [
+            ("[[1, 2], [3]]", DType::F32),
+            ("[[1], 2]", DType::F32),
+            ("[1, [2]]", DType::F32),
+            ("[]", DType::F32),
+            ("[[], []]", DType::F32),
+            ("[1.5]", DType::I32),
+            ("[256]", DType::U8),
+            ("[-1]", DType::U32),
+            ("[1e39]", DType::F32),
+            ("[true]", DType::Boolean),
+            ("[1, \"x\"]", DType::F32),
+            (
+                "{\"dtype\": \"f32\", \"shape\": [1], \"data\": [1]}",
+                DType::F32,
+            ),
+            ("[1, 2] x", DType::F32),
+            ("[null]", DType::F64),
+        ] {
+            assert!(Tensor::from_json_text(text, dtype).is_none(), "{text}");
+        }
     }
 }

@@ -80,9 +80,10 @@ fn traffic(root: &Arc<PluginRoot>, name: &'static str, example: Value) -> Traffi
                 }
                 for reply in replies {
                     outcomes.push(match reply.await {
-                        Ok(Ok(out)) => {
-                            Ok((serde_json::to_value(&out.value).unwrap(), out.model_id))
-                        }
+                        Ok(Ok(out)) => Ok((
+                            serde_json::to_value(&out.value).unwrap(),
+                            out.model_id.as_deref().map(str::to_string),
+                        )),
                         Ok(Err(failure)) => Err(failure.error.to_string()),
                         Err(_) => Err("reply lost".into()),
                     });

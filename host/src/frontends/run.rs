@@ -1,7 +1,8 @@
 //! The `run` job: JSONL examples in, JSONL predictions and dead letters out.
 //!
-//! A reader thread reads lines; each is decoded and submitted to the plugin's
-//! [`Dispatcher`] (dynamic batching, parallel instances); results are written in
+//! A reader thread reads the input in chunks of lines, decodes them and queues their
+//! examples on the plugin's [`Dispatcher`] (dynamic batching, parallel instances);
+//! the results of a batch come back in one message, and the writer puts them in
 //! input order. Every input line ends as exactly one prediction or one dead letter,
 //! unless the run is stopped by `max_failure_ratio`.
 
@@ -9,14 +10,17 @@ use crate::error::{ErrorCode, InferenceError};
 use crate::frontends::watch::PluginRoot;
 use crate::manifest::BatchingConfig;
 use crate::pipeline::batch::BatchPolicy;
-use crate::pipeline::decode::decode_line;
-use crate::pipeline::dispatch::{DispatchOptions, Dispatcher, Reply, settle};
-use crate::pipeline::sink::LineEnd;
+use crate::pipeline::decode::{Decoded, decode_line};
+use crate::pipeline::dispatch::{Answers, DispatchOptions, Dispatcher};
+use crate::pipeline::sink::{LineEnd, Outcome};
 use crate::plugin::Plugin;
+use crate::value::Value;
+use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 /// Options of a run.
 #[derive(Clone, Debug, Default)]
@@ -62,23 +66,26 @@ pub struct RunSummary {
 /// Lines checked before `max_failure_ratio` may stop a run.
 pub const FAILURE_RATIO_MIN_LINES: u64 = 100;
 
-enum Outcome {
-    Decoded {
-        key: Option<serde_json::Value>,
-        example: serde_json::Value,
-        reply: Reply,
-    },
-    Undecodable {
-        key: Option<serde_json::Value>,
-        error: InferenceError,
-    },
-    ReadError(std::io::Error),
+/// One input line between the reader and the writer.
+struct Line {
+    /// 1-based line number.
+    number: u64,
+    /// The line as read (invalid UTF-8 replaced, the line end removed).
+    text: String,
+    /// Where the key of a keyed line is in `text`.
+    key: Option<Range<usize>>,
+    /// Where the example is in `text`, if the line decoded.
+    example: Option<Range<usize>>,
+    /// How it ended; `None` while its example is queued or running.
+    end: Option<Outcome>,
 }
 
-struct Pending {
-    line: u64,
-    input: String,
-    outcome: Outcome,
+/// What the reader hands the writer.
+enum Chunk {
+    /// The next lines, in order; their examples are queued after this is sent.
+    Lines(Vec<Line>),
+    /// Reading failed: the run ends with this error once the lines before are written.
+    Failed(std::io::Error),
 }
 
 /// The dispatcher options a run uses for `plugin`.
@@ -189,70 +196,102 @@ async fn run_from(
 ) -> std::io::Result<RunSummary> {
     let start = Instant::now();
     let ahead = source().map_or(1024, |d| d.options().queue_capacity.max(1024));
-    let (line_tx, line_rx) = mpsc::channel(256);
-    let reader = tokio::task::spawn_blocking(move || read_lines(input, line_tx));
-    let (pending_tx, mut pending_rx) = mpsc::channel(ahead);
-    let submitter = tokio::spawn(submit_lines(source, line_rx, pending_tx));
+    // Lines read and not yet written: bounds what a run holds while one slow batch
+    // keeps the lines after it waiting.
+    let in_flight = Arc::new(Semaphore::new(ahead));
+    let (lines_tx, mut lines_rx) = mpsc::channel(ahead.div_ceil(CHUNK_LINES).max(2));
+    let (answers_tx, mut answers_rx) = mpsc::unbounded_channel::<Answers>();
+    let reader = {
+        let (source, in_flight) = (source.clone(), in_flight.clone());
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            read_lines(input, &source, &lines_tx, &answers_tx, &in_flight, &runtime)
+        })
+    };
 
     let progress = progress_bar(options.progress);
     let mut summary = RunSummary::default();
     let mut read_error = None;
-    while let Some(pending) = pending_rx.recv().await {
-        let Pending {
-            line,
-            input,
-            outcome,
-        } = pending;
-        let (key, example, result) = match outcome {
-            Outcome::ReadError(e) => {
-                read_error = Some(e);
-                break;
-            }
-            Outcome::Undecodable { key, error } => {
+    let mut reading = true;
+    let mut waiting: VecDeque<Line> = VecDeque::new();
+    // The number of the line at the front of `waiting`.
+    let mut front = 1u64;
+    'run: loop {
+        let mut written = 0;
+        while let Some(line) = waiting.pop_front_if(|line| line.end.is_some()) {
+            front += 1;
+            written += 1;
+            let outcome = line.end.as_ref().expect("popped because it ended");
+            if matches!(outcome, Outcome::Undecodable(_)) {
                 summary.decode_failures += 1;
-                (key, None, Err((error, None)))
             }
-            Outcome::Decoded {
-                key,
-                example,
-                reply,
-            } => {
-                let result = settle(reply)
-                    .await
-                    .map_err(|failure| (failure.error, failure.model_id));
-                (key, Some(example), result)
+            let end = LineEnd {
+                line: line.number,
+                input: &line.text,
+                key: line.key.clone().map(|at| &line.text[at]),
+                example: line.example.clone().map(|at| &line.text[at]),
+            };
+            if end.write(outcome, predictions, dead_letters)? {
+                summary.predictions += 1;
+            } else {
+                summary.dead_letters += 1;
             }
-        };
-        summary.lines += 1;
-        let end = LineEnd {
-            line,
-            input: &input,
-            key: key.as_ref(),
-            example: example.as_ref(),
-        };
-        if end.write(&result, predictions, dead_letters)? {
-            summary.predictions += 1;
-        } else {
-            summary.dead_letters += 1;
+            summary.lines += 1;
+            progress.inc(1);
+            if summary.lines >= FAILURE_RATIO_MIN_LINES
+                && let Some(reason) = ratio_exceeded(&summary, options.max_failure_ratio)
+            {
+                summary.stopped = Some(reason);
+                break 'run;
+            }
         }
-        progress.inc(1);
+        in_flight.add_permits(written);
+        if !reading && waiting.is_empty() {
+            break;
+        }
         // Streaming input (`tail -F events.jsonl | runinfer run`): results reach the
         // reader as soon as nothing else is ready, not when a buffer fills.
-        if pending_rx.is_empty() {
+        if written > 0 && lines_rx.is_empty() && answers_rx.is_empty() {
             predictions.flush()?;
             dead_letters.flush()?;
         }
-        if summary.lines >= FAILURE_RATIO_MIN_LINES
-            && let Some(reason) = ratio_exceeded(&summary, options.max_failure_ratio)
-        {
-            summary.stopped = Some(reason);
-            break;
+        tokio::select! {
+            chunk = lines_rx.recv(), if reading => match chunk {
+                Some(Chunk::Lines(lines)) => waiting.extend(lines),
+                Some(Chunk::Failed(e)) => {
+                    read_error = Some(e);
+                    reading = false;
+                }
+                None => reading = false,
+            },
+            Some(answers) = answers_rx.recv() => {
+                for (number, result) in answers {
+                    // A line goes to the writer before its example is queued: one
+                    // answered and not here yet is in the channel.
+                    while number >= front + waiting.len() as u64 {
+                        match lines_rx.recv().await {
+                            Some(Chunk::Lines(lines)) => waiting.extend(lines),
+                            _ => break,
+                        }
+                    }
+                    if let Some(line) = number
+                        .checked_sub(front)
+                        .and_then(|i| waiting.get_mut(i as usize))
+                    {
+                        line.end = Some(Outcome::Answered(result));
+                    }
+                }
+            }
+            // Nothing more can come: every queued example holds a sender until
+            // it is answered, so this is only reached with nothing waiting.
+            else => break,
         }
     }
     progress.finish_and_clear();
-    // Stops the submitter and the reader if the run stopped early.
-    drop(pending_rx);
-    let _ = submitter.await;
+    // Stops the reader if the run stopped early.
+    in_flight.close();
+    drop(lines_rx);
+    drop(answers_rx);
     let _ = reader.await;
     if let Some(e) = read_error {
         return Err(e);
@@ -280,103 +319,121 @@ fn ratio_exceeded(summary: &RunSummary, max: Option<f64>) -> Option<String> {
     })
 }
 
-/// Lines sent to the decoder in one message, at most.
+/// Lines read, decoded and queued together, at most.
 const CHUNK_LINES: usize = 256;
 
-/// Reads lines and sends them in chunks: a chunk grows while further complete lines
-/// are already buffered (a file), and goes out at once when the next read would wait
-/// (an interactive pipe), so batching never waits on the reader.
-fn read_lines(input: Box<dyn Read + Send>, tx: mpsc::Sender<std::io::Result<Vec<Vec<u8>>>>) {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    let mut chunk = Vec::with_capacity(CHUNK_LINES);
-    loop {
-        let mut buf = Vec::new();
-        match input.read_until(b'\n', &mut buf) {
-            Ok(0) => break,
-            Ok(_) => chunk.push(buf),
-            Err(e) => {
-                let _ = tx.blocking_send(Ok(std::mem::take(&mut chunk)));
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        }
-        if chunk.len() >= CHUNK_LINES || !input.buffer().contains(&b'\n') {
-            let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK_LINES));
-            if tx.blocking_send(Ok(full)).is_err() {
-                return;
-            }
-        }
-    }
-    if !chunk.is_empty() {
-        let _ = tx.blocking_send(Ok(chunk));
-    }
-}
-
-async fn submit_lines(
-    source: Source,
-    mut chunks: mpsc::Receiver<std::io::Result<Vec<Vec<u8>>>>,
-    pending: mpsc::Sender<Pending>,
+/// The reader thread: reads lines in chunks, decodes them, hands them to the writer
+/// and queues their examples (answered on `answers`). A chunk grows while further
+/// complete lines are already buffered (a file) and goes at once when the next read
+/// would wait (an interactive pipe), so batching never waits on the reader.
+fn read_lines(
+    input: Box<dyn Read + Send>,
+    source: &Source,
+    lines: &mpsc::Sender<Chunk>,
+    answers: &mpsc::UnboundedSender<Answers>,
+    in_flight: &Semaphore,
+    runtime: &tokio::runtime::Handle,
 ) {
+    let mut input = BufReader::with_capacity(256 * 1024, input);
     let mut number = 0;
-    while let Some(chunk) = chunks.recv().await {
-        // The version of the plugin in force for this chunk.
-        let current = source().map(|d| {
-            let kind = d.plugin().info().signature.inputs.clone();
-            (d, kind)
-        });
-        let lines = match chunk {
-            Ok(lines) => lines,
-            Err(e) => {
-                let _ = pending
-                    .send(Pending {
-                        line: number,
-                        input: String::new(),
-                        outcome: Outcome::ReadError(e),
-                    })
-                    .await;
+    loop {
+        let mut chunk = Vec::with_capacity(CHUNK_LINES);
+        let (mut ended, mut failed) = (false, None);
+        loop {
+            let mut buf = Vec::new();
+            match input.read_until(b'\n', &mut buf) {
+                Ok(0) => ended = true,
+                Ok(_) => chunk.push(buf),
+                Err(e) => failed = Some(e),
+            }
+            if ended
+                || failed.is_some()
+                || chunk.len() >= CHUNK_LINES
+                || !input.buffer().contains(&b'\n')
+            {
+                break;
+            }
+        }
+        if !chunk.is_empty() {
+            // Waits while the writer holds `ahead` lines; fails once it stopped.
+            let count = u32::try_from(chunk.len()).expect("at most CHUNK_LINES");
+            match runtime.block_on(in_flight.acquire_many(count)) {
+                Ok(permits) => permits.forget(),
+                Err(_) => return,
+            }
+            // The version of the plugin in force for this chunk.
+            let current = source();
+            let (decoded, queued) = decode_chunk(chunk, &mut number, current.as_ref());
+            if lines.blocking_send(Chunk::Lines(decoded)).is_err() {
                 return;
             }
-        };
-        for buf in lines {
-            number += 1;
-            // A line that is not UTF-8 is dead-lettered, not a reason to stop.
-            let input = String::from_utf8_lossy(&buf)
-                .trim_end_matches(['\n', '\r'])
-                .to_string();
-            let outcome = match &current {
-                Err(error) => Outcome::Undecodable {
-                    key: None,
-                    error: error.clone(),
-                },
-                Ok((dispatcher, kind)) => match decode_line(&input, kind) {
-                    Ok(decoded) => {
-                        let reply = dispatcher.submit(decoded.key.as_ref(), decoded.value).await;
-                        Outcome::Decoded {
-                            key: decoded.key,
-                            example: decoded.example,
-                            reply,
-                        }
-                    }
-                    Err(failure) => Outcome::Undecodable {
-                        key: failure.key,
-                        error: failure.error,
-                    },
-                },
-            };
-            let pending_line = Pending {
-                line: number,
-                input,
-                outcome,
-            };
-            if pending.send(pending_line).await.is_err() {
-                return;
+            if let Ok(dispatcher) = &current {
+                dispatcher.submit_blocking(queued, answers);
             }
+        }
+        if let Some(e) = failed {
+            let _ = lines.blocking_send(Chunk::Failed(e));
+            return;
+        }
+        if ended {
+            break;
         }
     }
     // End of input: flush what is queued without waiting for batch timers.
     if let Ok(dispatcher) = source() {
         dispatcher.close();
     }
+}
+
+/// Decodes a chunk of lines: the lines for the writer, and the examples to queue,
+/// each with its key (which chooses its model set) and its line number.
+#[allow(clippy::type_complexity)]
+fn decode_chunk(
+    chunk: Vec<Vec<u8>>,
+    number: &mut u64,
+    current: Result<&Arc<Dispatcher>, &InferenceError>,
+) -> (Vec<Line>, Vec<(Option<serde_json::Value>, Value, u64)>) {
+    let mut lines = Vec::with_capacity(chunk.len());
+    let mut queued = Vec::with_capacity(chunk.len());
+    for buf in chunk {
+        *number += 1;
+        // A line that is not UTF-8 is dead-lettered, not a reason to stop.
+        let mut text = String::from_utf8(buf)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        text.truncate(text.trim_end_matches(['\n', '\r']).len());
+        let mut line = Line {
+            number: *number,
+            text,
+            key: None,
+            example: None,
+            end: None,
+        };
+        match current {
+            Err(error) => line.end = Some(Outcome::Undecodable(error.clone())),
+            Ok(dispatcher) => {
+                match decode_line(&line.text, &dispatcher.plugin().info().signature.inputs) {
+                    Ok(Decoded {
+                        key,
+                        example,
+                        value,
+                    }) => {
+                        line.example = Some(example);
+                        let key = key.map(|(at, key)| {
+                            line.key = Some(at);
+                            key
+                        });
+                        queued.push((key, value, *number));
+                    }
+                    Err(failure) => {
+                        line.key = failure.key;
+                        line.end = Some(Outcome::Undecodable(failure.error));
+                    }
+                }
+            }
+        }
+        lines.push(line);
+    }
+    (lines, queued)
 }
 
 fn progress_bar(show: bool) -> indicatif::ProgressBar {

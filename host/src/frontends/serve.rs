@@ -1151,7 +1151,7 @@ async fn infer_examples(
             let output = crate::pipeline::dispatch::settle(reply)
                 .await
                 .map_err(|f| f.error)?;
-            model_id = model_id.or(output.model_id);
+            model_id = model_id.or(output.model_id.as_deref().map(str::to_string));
             values.push(output.value);
         }
         Ok::<_, InferenceError>((values, model_id))

@@ -7,14 +7,17 @@ use crate::tensor::{Tensor, json_kind};
 use crate::value::{Field, Value};
 use base64::Engine as _;
 use serde_json::value::RawValue;
+use std::ops::Range;
 
-/// A decoded input line.
+/// A decoded input line. The key and the example are kept as where they lie in the
+/// line, so that a prediction echoes them as they were written.
 #[derive(Debug)]
 pub struct Decoded {
-    /// The key, for `{"key": ..., "example": ...}` lines.
-    pub key: Option<serde_json::Value>,
-    /// The example as it was written (echoed in the prediction).
-    pub example: serde_json::Value,
+    /// The key of a `{"key": ..., "example": ...}` line: where it is, and its value
+    /// (which chooses the model set).
+    pub key: Option<(Range<usize>, serde_json::Value)>,
+    /// Where the example is in the line.
+    pub example: Range<usize>,
     /// The example as the handler receives it.
     pub value: Value,
 }
@@ -22,13 +25,13 @@ pub struct Decoded {
 /// A line that could not be decoded; the key is kept when it was readable.
 #[derive(Debug)]
 pub struct DecodeError {
-    /// The key, if the line was keyed.
-    pub key: Option<serde_json::Value>,
+    /// Where the key is in the line, if the line was keyed.
+    pub key: Option<Range<usize>>,
     /// Why.
     pub error: InferenceError,
 }
 
-fn invalid(key: Option<serde_json::Value>, message: String) -> DecodeError {
+fn invalid(key: Option<Range<usize>>, message: String) -> DecodeError {
     DecodeError {
         key,
         error: InferenceError::new(ErrorCode::InvalidInput, message),
@@ -41,25 +44,59 @@ pub fn decode_line(line: &str, input: &ValueKind) -> Result<Decoded, DecodeError
     if line.trim().is_empty() {
         return Err(invalid(None, "empty line".into()));
     }
-    let parsed: serde_json::Value =
+    let whole: &RawValue =
         serde_json::from_str(line).map_err(|e| invalid(None, format!("not JSON: {e}")))?;
-    let (key, example) = match parsed {
-        serde_json::Value::Object(mut map)
-            if map.len() == 2 && map.contains_key("key") && map.contains_key("example") =>
-        {
-            let example = map.remove("example").expect("checked");
-            (map.remove("key"), example)
-        }
-        other => (None, other),
+    // Where a part of the line is (`RawValue`s borrow from it).
+    let place = |part: &RawValue| {
+        let start = part.get().as_ptr() as usize - line.as_ptr() as usize;
+        start..start + part.get().len()
     };
-    match decode_example(&example, input) {
-        Ok(value) => Ok(Decoded {
-            key,
-            example,
-            value,
-        }),
-        Err(message) => Err(invalid(key, message)),
+    let (key, example) = match keyed(whole) {
+        Some((key, example)) => (Some(key), example),
+        None => (None, whole),
+    };
+    let key_place = key.map(place);
+    let value = decode_example_text(example.get(), input)
+        .map_err(|message| invalid(key_place.clone(), message))?;
+    let key = match (key, key_place) {
+        (Some(key), Some(at)) => Some((
+            at,
+            serde_json::from_str(key.get()).map_err(|e| invalid(None, format!("not JSON: {e}")))?,
+        )),
+        _ => None,
+    };
+    Ok(Decoded {
+        key,
+        example: place(example),
+        value,
+    })
+}
+
+/// The key and the example of a keyed line: an object with exactly those two fields.
+fn keyed(line: &RawValue) -> Option<(&RawValue, &RawValue)> {
+    if !line.get().starts_with('{') {
+        return None;
     }
+    let members: std::collections::BTreeMap<std::borrow::Cow<'_, str>, &RawValue> =
+        serde_json::from_str(line.get()).ok()?;
+    if members.len() != 2 {
+        return None;
+    }
+    Some((*members.get("key")?, *members.get("example")?))
+}
+
+/// Decodes one example from its JSON text: a tensor straight from the text when it
+/// is a plain nested array (the common case), anything else through a JSON value.
+fn decode_example_text(text: &str, input: &ValueKind) -> Result<Value, String> {
+    if let ValueKind::Tensor(spec) = input
+        && let Some(tensor) = Tensor::from_json_text(text, spec.dtype)
+    {
+        spec.check_shape(tensor.shape())?;
+        return Ok(Value::Tensor(tensor));
+    }
+    let example: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    decode_example(&example, input)
 }
 
 /// Decodes one example that came as raw bytes (an element of an Open Inference
@@ -209,10 +246,9 @@ mod tests {
         assert_eq!(ids.to_i64().unwrap(), [101, 7592, 102]);
         // The keyed form wraps the same object.
         let keyed = format!(r#"{{"key": "doc-1", "example": {line}}}"#);
-        assert_eq!(
-            decode_line(&keyed, &bert()).unwrap().key,
-            Some(serde_json::json!("doc-1"))
-        );
+        let decoded = decode_line(&keyed, &bert()).unwrap();
+        assert_eq!(decoded.key, Some((8..15, serde_json::json!("doc-1"))));
+        assert_eq!(&keyed[decoded.example], line);
         let missing = decode_line(r#"{"input_ids": [1]}"#, &bert()).unwrap_err();
         assert_eq!(missing.error.message, "field `attention_mask` is missing");
         let unknown = decode_line(
@@ -246,9 +282,15 @@ mod tests {
         let d = decode_line("[5.1, 3.5, 1.4, 0.2]", &iris()).unwrap();
         assert!(d.key.is_none());
         assert!(matches!(&d.value, Value::Tensor(t) if t.shape() == [4]));
-        let d = decode_line(r#"{"key": "a", "example": [5.1, 3.5, 1.4, 0.2]}"#, &iris()).unwrap();
-        assert_eq!(d.key, Some(serde_json::json!("a")));
-        assert_eq!(d.example, serde_json::json!([5.1, 3.5, 1.4, 0.2]));
+        let line = r#"{"key": "a", "example": [5.1, 3.5, 1.4, 0.2]}"#;
+        let d = decode_line(line, &iris()).unwrap();
+        assert_eq!(d.key, Some((8..11, serde_json::json!("a"))));
+        // The example is echoed as it was written, spaces and all.
+        assert_eq!(&line[d.example], "[5.1, 3.5, 1.4, 0.2]");
+        let Value::Tensor(t) = d.value else {
+            panic!("a tensor expected")
+        };
+        assert_eq!(t.to_f32(), [5.1, 3.5, 1.4, 0.2]);
     }
 
     #[test]
@@ -256,7 +298,7 @@ mod tests {
         let e = decode_line("[1, 2, 3]", &iris()).unwrap_err();
         assert_eq!(e.error.message, "expected a tensor of shape [4], got [3]");
         let e = decode_line(r#"{"key": 7, "example": [1, "x", 3, 4]}"#, &iris()).unwrap_err();
-        assert_eq!(e.key, Some(serde_json::json!(7)));
+        assert_eq!(e.key, Some(8..9));
         assert!(e.error.message.contains("at [1]"), "{}", e.error.message);
         let e = decode_line("{oops", &iris()).unwrap_err();
         assert!(

@@ -1,6 +1,7 @@
 //! The runtime of one plugin: examples are queued per model set, formed into batches
-//! (by a [`BatchPolicy`]) and run in parallel on warm instances; each example gets its
-//! own result back. `run` (JSONL) and serving feed the same dispatcher.
+//! (by a [`BatchPolicy`]) and run in parallel on warm instances. Serving gets each
+//! example's result on its own channel; `run` gets the results of a whole batch in
+//! one message on its stream. Both feed the same dispatcher.
 //!
 //! Batches run on `instances` dedicated worker threads (wasm calls are synchronous).
 //! Up to two batches per worker may be formed ahead, so a worker finds its next batch
@@ -23,7 +24,8 @@ pub struct Output {
     /// The handler's inference.
     pub value: Value,
     /// The models the handler ran for the batch (comma-separated); `None` if none.
-    pub model_id: Option<String>,
+    /// Shared by the batch's examples.
+    pub model_id: Option<Arc<str>>,
 }
 
 /// A failed inference: the error and the model set that was to serve it.
@@ -32,7 +34,7 @@ pub struct Failure {
     /// What went wrong.
     pub error: InferenceError,
     /// The ids of the models bound for the batch, if known.
-    pub model_id: Option<String>,
+    pub model_id: Option<Arc<str>>,
 }
 
 /// What an example's submitter receives.
@@ -41,25 +43,91 @@ pub type Reply = oneshot::Receiver<Result<Output, Failure>>;
 /// Waits for an example's result; a reply dropped unanswered (its worker gone) is an
 /// internal failure, so every example ends as an output or a failure.
 pub async fn settle(reply: Reply) -> Result<Output, Failure> {
-    reply.await.unwrap_or_else(|_| {
-        Err(Failure {
-            error: InferenceError::new(ErrorCode::Internal, "the example's result was lost"),
-            model_id: None,
-        })
-    })
+    reply.await.unwrap_or_else(|_| Err(lost_failure()))
 }
+
+/// The results of a stream's examples, one message per batch: each example's index
+/// (its `run` line number) with its result.
+pub type Answers = Vec<(u64, Result<Output, Failure>)>;
 
 struct Job {
     value: Value,
-    reply: oneshot::Sender<Result<Output, Failure>>,
+    answer: Answer,
+}
+
+/// Where an example's result goes.
+enum Answer {
+    /// Its own channel (serving).
+    One(oneshot::Sender<Result<Output, Failure>>),
+    /// A stream shared by many examples (`run`).
+    Stream(Ticket),
+}
+
+/// An example's place on a stream. Dropped unanswered (a bug, or a worker gone), it
+/// still answers, with an internal failure, so that the stream's reader never waits
+/// for a line forever.
+struct Ticket {
+    to: Option<mpsc::UnboundedSender<Answers>>,
+    index: u64,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(to) = self.to.take() {
+            let _ = to.send(vec![(self.index, Err(lost_failure()))]);
+        }
+    }
+}
+
+fn lost_failure() -> Failure {
+    Failure {
+        error: InferenceError::new(ErrorCode::Internal, "the example's result was lost"),
+        model_id: None,
+    }
+}
+
+impl Answer {
+    /// True when nobody waits for the result any more.
+    fn is_closed(&self) -> bool {
+        match self {
+            Answer::One(reply) => reply.is_closed(),
+            Answer::Stream(ticket) => ticket.to.as_ref().is_none_or(|to| to.is_closed()),
+        }
+    }
+}
+
+/// Sends the results of a batch: each serving example on its own channel, a stream's
+/// examples in one message per stream.
+fn answer_all(answers: impl IntoIterator<Item = (Answer, Result<Output, Failure>)>) {
+    let mut streams: Vec<(mpsc::UnboundedSender<Answers>, Answers)> = Vec::new();
+    for (answer, result) in answers {
+        match answer {
+            Answer::One(reply) => {
+                let _ = reply.send(result);
+            }
+            Answer::Stream(mut ticket) => {
+                let Some(to) = ticket.to.take() else { continue };
+                match streams
+                    .iter_mut()
+                    .find(|(stream, _)| stream.same_channel(&to))
+                {
+                    Some((_, answers)) => answers.push((ticket.index, result)),
+                    None => streams.push((to, vec![(ticket.index, result)])),
+                }
+            }
+        }
+    }
+    for (to, answers) in streams {
+        let _ = to.send(answers);
+    }
 }
 
 /// Drops the examples whose submitter stopped waiting (an HTTP client that went away,
-/// a cancelled gRPC call, a request past its timeout: each drops its replies), so
-/// they never reach a handler. Returns how many were dropped.
+/// a cancelled gRPC call, a request past its timeout, a `run` stopped early: each
+/// drops its receiver), so they never reach a handler. Returns how many were dropped.
 fn drop_abandoned(batch: &mut Vec<Queued<Job>>) -> usize {
     let before = batch.len();
-    batch.retain(|queued| !queued.item.reply.is_closed());
+    batch.retain(|queued| !queued.item.answer.is_closed());
     before - batch.len()
 }
 
@@ -286,16 +354,49 @@ impl Dispatcher {
     pub async fn submit(self: &Arc<Self>, key: Option<&serde_json::Value>, value: Value) -> Reply {
         let route = self.plugin.route(key);
         let (reply, receiver) = oneshot::channel();
-        let sender = self.queue(route);
-        if let Err(mpsc::error::SendError(job)) =
-            sender.send(Queued::now(Job { value, reply })).await
-        {
-            let _ = job.item.reply.send(Err(Failure {
-                error: InferenceError::new(ErrorCode::Internal, "the plugin's queue is closed"),
-                model_id: None,
-            }));
+        let job = Job {
+            value,
+            answer: Answer::One(reply),
+        };
+        if let Err(mpsc::error::SendError(job)) = self.queue(route).send(Queued::now(job)).await {
+            answer_all([(job.item.answer, Err(queue_closed()))]);
         }
         receiver
+    }
+
+    /// Queues the examples of a stream (the `run` job) from a thread outside the
+    /// async runtime, waiting while their queue is full. Each is `(key, example,
+    /// index)`; its result is sent to `answers` under its index, together with its
+    /// batch-mates' results.
+    pub fn submit_blocking(
+        self: &Arc<Self>,
+        examples: Vec<(Option<serde_json::Value>, Value, u64)>,
+        answers: &mpsc::UnboundedSender<Answers>,
+    ) {
+        let mut queue: Option<(Route, mpsc::Sender<Queued<Job>>)> = None;
+        // One clock read for the chunk: they were read together.
+        let queued_at = Instant::now();
+        for (key, value, index) in examples {
+            let route = self.plugin.route(key.as_ref());
+            let sender = match &queue {
+                Some((current, sender)) if *current == route => sender,
+                _ => &queue.insert((route, self.queue(route))).1,
+            };
+            let job = Job {
+                value,
+                answer: Answer::Stream(Ticket {
+                    to: Some(answers.clone()),
+                    index,
+                }),
+            };
+            let job = Queued {
+                item: job,
+                queued_at,
+            };
+            if let Err(mpsc::error::SendError(job)) = sender.blocking_send(job) {
+                answer_all([(job.item.answer, Err(queue_closed()))]);
+            }
+        }
     }
 
     /// Queues examples (of one key, which chooses their model set) only if their queue
@@ -317,7 +418,10 @@ impl Dispatcher {
             .zip(permits)
             .map(|(value, permit)| {
                 let (reply, receiver) = oneshot::channel();
-                permit.send(Queued::now(Job { value, reply }));
+                permit.send(Queued::now(Job {
+                    value,
+                    answer: Answer::One(reply),
+                }));
                 receiver
             })
             .collect())
@@ -410,6 +514,13 @@ async fn batcher(
     }
 }
 
+fn queue_closed() -> Failure {
+    Failure {
+        error: InferenceError::new(ErrorCode::Internal, "the plugin's queue is closed"),
+        model_id: None,
+    }
+}
+
 fn closed_failure() -> Failure {
     Failure {
         error: InferenceError::new(ErrorCode::Internal, "the plugin's workers stopped"),
@@ -418,9 +529,11 @@ fn closed_failure() -> Failure {
 }
 
 fn fail_all(batch: Vec<Queued<Job>>, failure: &Failure) {
-    for queued in batch {
-        let _ = queued.item.reply.send(Err(failure.clone()));
-    }
+    answer_all(
+        batch
+            .into_iter()
+            .map(|queued| (queued.item.answer, Err(failure.clone()))),
+    );
 }
 
 impl WorkerContext {
@@ -447,7 +560,7 @@ impl WorkerContext {
         let mut waiting = Vec::with_capacity(size);
         for queued in batch {
             values.push(queued.item.value);
-            waiting.push((queued.queued_at, queued.item.reply));
+            waiting.push((queued.queued_at, queued.item.answer));
         }
         let bytes = values.iter().map(Value::byte_size).sum();
         let outcome = match self.plugin.model_set(route) {
@@ -476,35 +589,40 @@ impl WorkerContext {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .record(size, latency);
-                let model_id =
-                    (!inferences.model_ids.is_empty()).then(|| inferences.model_ids.join(","));
+                let model_id: Option<Arc<str>> = (!inferences.model_ids.is_empty())
+                    .then(|| inferences.model_ids.join(",").into());
                 let done = Instant::now();
                 let timers = metrics.element_timers(&set_model_id);
-                for ((queued_at, reply), value) in waiting.into_iter().zip(inferences.values) {
-                    timers.record(started - queued_at, done - queued_at);
-                    let _ = reply.send(match value {
-                        Ok(value) => Ok(Output {
-                            value,
-                            model_id: model_id.clone(),
-                        }),
-                        // Refused by the handler on its own (its batch-mates were not).
-                        Err(error) => Err(Failure {
-                            error,
-                            model_id: model_id.clone(),
-                        }),
-                    });
-                }
+                answer_all(waiting.into_iter().zip(inferences.values).map(
+                    |((queued_at, answer), value)| {
+                        timers.record(started - queued_at, done - queued_at);
+                        let result = match value {
+                            Ok(value) => Ok(Output {
+                                value,
+                                model_id: model_id.clone(),
+                            }),
+                            // Refused by the handler on its own (its batch-mates were not).
+                            Err(error) => Err(Failure {
+                                error,
+                                model_id: model_id.clone(),
+                            }),
+                        };
+                        (answer, result)
+                    },
+                ));
             }
             Err((error, set_model_id)) => {
                 metrics.batch_failed(&set_model_id);
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 let failure = Failure {
                     error,
-                    model_id: (!set_model_id.is_empty()).then_some(set_model_id),
+                    model_id: (!set_model_id.is_empty()).then(|| set_model_id.into()),
                 };
-                for (_, reply) in waiting {
-                    let _ = reply.send(Err(failure.clone()));
-                }
+                answer_all(
+                    waiting
+                        .into_iter()
+                        .map(|(_, answer)| (answer, Err(failure.clone()))),
+                );
             }
         }
     }
