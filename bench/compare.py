@@ -183,7 +183,7 @@ def agree(data, runinfer_out, beam_out, tolerance=1e-5):
 
 
 def p2(args, work):
-    plugins = plugin_root(work, list(MODELS))
+    plugins = plugin_root(work, args.models)
     cache = Path(work) / "cache"
     print("### P2: the same job in Apache Beam and in runinfer\n")
     print(
@@ -204,7 +204,7 @@ def p2(args, work):
         "| runinfer+tract whole | job | ratio whole / job | max diff |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name in MODELS:
+    for name in args.models:
         data = DATA / f"{name}.jsonl"
         lines = sum(1 for _ in open(data))
         rates = {k: ([], []) for k in ("beam", "onnxruntime", "tract")}
@@ -369,8 +369,13 @@ def main():
         return
     parser = argparse.ArgumentParser()
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--models", default=",".join(MODELS), help="P2's models, comma-separated")
     parser.add_argument("parts", nargs="*", default=["p2", "p3", "p6"])
     args = parser.parse_args()
+    args.models = [m for m in args.models.split(",") if m]
+    unknown = set(args.models) - set(MODELS)
+    if unknown:
+        parser.error(f"unknown models {sorted(unknown)} (known: {', '.join(MODELS)})")
     with tempfile.TemporaryDirectory() as work:
         for part in args.parts:
             {"p2": p2, "p3": p3, "p6": p6}[part](args, work)

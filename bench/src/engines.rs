@@ -267,7 +267,10 @@ pub fn engines(args: &Args) -> Result<()> {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut starts = Vec::new();
-    for model in models(&root) {
+    let chosen = models(&root)
+        .into_iter()
+        .filter(|m| args.models.is_empty() || args.models.iter().any(|name| name == m.name));
+    for model in chosen {
         let data = std::fs::read_to_string(data_file(&root, &model)?)?;
         for backend in [BackendKind::Tract, BackendKind::Onnxruntime] {
             let dir = plugin_dir(&root, plugins.path(), &model, backend)?;

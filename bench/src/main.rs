@@ -37,6 +37,8 @@ struct Args {
     reps: usize,
     lines: usize,
     suite: String,
+    /// The engines suite's models (all when empty).
+    models: Vec<String>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -44,6 +46,7 @@ fn parse_args() -> Result<Args> {
         reps: 7,
         lines: 60_000,
         suite: "all".into(),
+        models: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -52,8 +55,9 @@ fn parse_args() -> Result<Args> {
             "--reps" => args.reps = value.parse()?,
             "--lines" => args.lines = value.parse()?,
             "--suite" => args.suite = value,
+            "--models" => args.models = value.split(',').map(str::to_string).collect(),
             other => anyhow::bail!(
-                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|engines|signature|all)"
+                "unknown option {other} (use --reps N, --lines N, --suite foundation|calls|runtime|sandbox|engines|signature|all, --models iris,ppocr-cls,minilm)"
             ),
         }
     }
