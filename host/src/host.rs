@@ -208,7 +208,7 @@ impl Host {
         let mut linker = Linker::new(&engine);
         // Guests built for wasm32-wasip2 import WASI even when they do no I/O; each
         // instance's WASI context grants nothing.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        crate::sandbox::instance::add_wasi_to_linker(&mut linker)?;
         Handler::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         let ticker = EpochTicker::start(&engine, config.epoch_tick)?;
         let metrics = Arc::new(Metrics::new());

@@ -18,14 +18,14 @@
 //! of the last grant, so idleness earns no credit to spend later.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
 use std::time::{Duration, Instant};
 
 /// The host-wide core slots and the queue of calls waiting for one.
 pub struct Scheduler {
     slots: usize,
     state: Mutex<State>,
-    granted: Condvar,
     /// Makes every running call offer its slot now instead of at its next tick
     /// (the host advances the engine's epoch).
     kick: Box<dyn Fn() + Send + Sync>,
@@ -43,6 +43,16 @@ struct State {
     weights: HashMap<String, u32>,
     waiting: Vec<Waiter>,
     granted: HashSet<u64>,
+    /// The calls holding a slot now, by the id they were granted it under.
+    holders: HashMap<u64, Holder>,
+}
+
+/// A call holding a slot.
+struct Holder {
+    tenant: Arc<str>,
+    plugin: Arc<str>,
+    /// Since when the time held is not yet charged.
+    since: Instant,
 }
 
 #[derive(Default)]
@@ -77,17 +87,23 @@ struct Waiter {
     id: u64,
     tenant: Arc<str>,
     plugin: Arc<str>,
+    /// Woken (unparked) when granted: only the granted thread wakes, not every
+    /// waiter — on a busy host the woken waiters would take CPU from the calls
+    /// running.
+    thread: Thread,
 }
 
 /// A core slot held by one call; given back when dropped.
 pub struct Slot {
     scheduler: Arc<Scheduler>,
+    /// The id it holds the slot under (a new one after each wait in line).
+    id: u64,
     tenant: Arc<str>,
     plugin: Arc<str>,
-    /// Since when the time held is not yet charged.
-    since: Instant,
     /// Time spent waiting for the slot, first grant and rotations.
     waited: Duration,
+    /// False while the call is paused ([`Slot::pause`]): it holds no slot then.
+    held: bool,
 }
 
 /// What a tenant used of the slots.
@@ -112,7 +128,6 @@ impl Scheduler {
                 free: slots,
                 ..State::default()
             }),
-            granted: Condvar::new(),
             kick: Box::new(kick),
         })
     }
@@ -127,6 +142,11 @@ impl Scheduler {
         self.lock()
             .weights
             .insert(tenant.to_string(), weight.max(1));
+    }
+
+    /// A tenant's weight: 1 unless the operator set another.
+    pub fn weight(&self, tenant: &str) -> u32 {
+        self.lock().weights.get(tenant).copied().unwrap_or(1)
     }
 
     /// What each tenant seen so far used.
@@ -152,20 +172,21 @@ impl Scheduler {
     /// `tenant`.
     pub fn acquire(self: &Arc<Self>, tenant: &str, plugin: &str) -> Slot {
         let asked = Instant::now();
-        let (tenant, plugin) = {
+        let (tenant, plugin, id) = {
             let mut state = self.lock();
             let tenant = state.intern(tenant);
             let plugin: Arc<str> = Arc::from(plugin);
-            let state = self.wait_in_line(state, &tenant, &plugin);
+            let (state, id) = self.wait_in_line(state, &tenant, &plugin);
             drop(state);
-            (tenant, plugin)
+            (tenant, plugin, id)
         };
         Slot {
             scheduler: self.clone(),
+            id,
             tenant,
             plugin,
-            since: Instant::now(),
             waited: asked.elapsed(),
+            held: true,
         }
     }
 
@@ -173,13 +194,14 @@ impl Scheduler {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Joins the line, hands out what is free, and waits until this call is granted.
+    /// Joins the line, hands out what is free, and waits until this call is
+    /// granted; returns the id it holds its slot under.
     fn wait_in_line<'a>(
         &'a self,
         mut state: MutexGuard<'a, State>,
         tenant: &Arc<str>,
         plugin: &Arc<str>,
-    ) -> MutexGuard<'a, State> {
+    ) -> (MutexGuard<'a, State>, u64) {
         let id = state.next_id;
         state.next_id += 1;
         state.join(tenant, plugin);
@@ -187,19 +209,26 @@ impl Scheduler {
             id,
             tenant: tenant.clone(),
             plugin: plugin.clone(),
+            thread: std::thread::current(),
         });
-        if state.grant() {
-            self.granted.notify_all();
-        }
+        state.grant();
         // A call that comes before one running now (its tenant is behind on its
-        // share) should not wait for a tick: the running calls look now.
-        if !state.granted.contains(&id) && state.overtakes(tenant, plugin) {
-            (self.kick)();
+        // share) should not wait for a tick: the running calls look now. Compared
+        // on clocks charged up to now: charged only at ticks, a running tenant's
+        // clock could look up to a tick behind and the call wait for that tick.
+        if !state.granted.contains(&id) {
+            state.charge_holders();
+            if state.overtakes(tenant, plugin) {
+                (self.kick)();
+            }
         }
         while !state.granted.remove(&id) {
-            state = self.granted.wait(state).unwrap_or_else(|e| e.into_inner());
+            drop(state);
+            // `unpark` before `park` is not lost; a spurious wake-up loops.
+            std::thread::park();
+            state = self.lock();
         }
-        state
+        (state, id)
     }
 }
 
@@ -267,10 +296,9 @@ impl State {
         })
     }
 
-    /// Hands free slots to the waiting calls that come first in fair order; true if
-    /// any was granted.
-    fn grant(&mut self) -> bool {
-        let mut any = false;
+    /// Hands free slots to the waiting calls that come first in fair order, and
+    /// wakes them.
+    fn grant(&mut self) {
         while self.free > 0 && !self.waiting.is_empty() {
             let key = |w: &Waiter| (self.rank(&w.tenant, &w.plugin), w.id);
             let best = (0..self.waiting.len())
@@ -295,9 +323,46 @@ impl State {
             self.now = self.now.max(tenant.clock);
             self.free -= 1;
             self.granted.insert(waiter.id);
-            any = true;
+            self.holders.insert(
+                waiter.id,
+                Holder {
+                    tenant: waiter.tenant,
+                    plugin: waiter.plugin,
+                    since: Instant::now(),
+                },
+            );
+            waiter.thread.unpark();
         }
-        any
+    }
+
+    /// Charges the call holding slot `id` for the time held since it was last
+    /// charged.
+    fn charge_holder(&mut self, id: u64) {
+        let Some(holder) = self.holders.get_mut(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        let held = now - holder.since;
+        holder.since = now;
+        let (tenant, plugin) = (holder.tenant.clone(), holder.plugin.clone());
+        self.charge(&tenant, &plugin, held);
+    }
+
+    /// Charges every call holding a slot up to now.
+    fn charge_holders(&mut self) {
+        let ids: Vec<u64> = self.holders.keys().copied().collect();
+        for id in ids {
+            self.charge_holder(id);
+        }
+    }
+
+    /// The call holding slot `id` gives it back (it ended, paused or rotates out),
+    /// charged to the end; the slot is free for [`State::grant`].
+    fn release(&mut self, id: u64) {
+        self.charge_holder(id);
+        if let Some(holder) = self.holders.remove(&id) {
+            self.leave(&holder.tenant, &holder.plugin);
+        }
     }
 
     /// Charges `held` of slot time to a tenant's and its plugin's clocks.
@@ -330,19 +395,51 @@ impl Slot {
     /// long it waited (not the call's own time: its time limit is extended by as
     /// much).
     pub fn rotate(&mut self) -> Duration {
+        if !self.held {
+            return Duration::ZERO;
+        }
         let scheduler = self.scheduler.clone();
         let mut state = scheduler.lock();
-        let now = Instant::now();
-        state.charge(&self.tenant, &self.plugin, now - self.since);
-        self.since = now;
+        state.charge_holder(self.id);
         if !state.overtaken(&self.tenant, &self.plugin) {
             return Duration::ZERO;
         }
-        state.leave(&self.tenant, &self.plugin);
-        let state = scheduler.wait_in_line(state, &self.tenant, &self.plugin);
+        let left = Instant::now();
+        state.release(self.id);
+        let (state, id) = scheduler.wait_in_line(state, &self.tenant, &self.plugin);
         drop(state);
-        self.since = Instant::now();
-        let waited = self.since - now;
+        self.id = id;
+        let waited = left.elapsed();
+        self.waited += waited;
+        waited
+    }
+
+    /// Gives the slot up while the call is blocked outside wasm (a sleep, a wait
+    /// for I/O): a blocked call uses no core, and a handler that sleeps must not
+    /// keep other tenants off one. [`Slot::resume`] takes one again.
+    pub fn pause(&mut self) {
+        if !self.held {
+            return;
+        }
+        let mut state = self.scheduler.lock();
+        state.release(self.id);
+        state.grant();
+        self.held = false;
+    }
+
+    /// Waits in line for a slot again after [`Slot::pause`]; returns how long it
+    /// waited (like [`Slot::rotate`], not the call's own time).
+    pub fn resume(&mut self) -> Duration {
+        if self.held {
+            return Duration::ZERO;
+        }
+        let scheduler = self.scheduler.clone();
+        let asked = Instant::now();
+        let (state, id) = scheduler.wait_in_line(scheduler.lock(), &self.tenant, &self.plugin);
+        drop(state);
+        self.id = id;
+        self.held = true;
+        let waited = asked.elapsed();
         self.waited += waited;
         waited
     }
@@ -355,12 +452,12 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut state = self.scheduler.lock();
-        state.charge(&self.tenant, &self.plugin, self.since.elapsed());
-        state.leave(&self.tenant, &self.plugin);
-        if state.grant() {
-            self.scheduler.granted.notify_all();
+        if !self.held {
+            return;
         }
+        let mut state = self.scheduler.lock();
+        state.release(self.id);
+        state.grant();
     }
 }
 
@@ -487,6 +584,46 @@ mod tests {
             (0.6..=1.6).contains(&ratio),
             "{per_plugin:?}: ratio {ratio}"
         );
+    }
+
+    #[test]
+    fn a_paused_call_lets_another_run_and_waits_in_line_to_resume() {
+        let scheduler = Scheduler::new(1, || {});
+        let mut sleeper = scheduler.acquire("a", "p");
+        sleeper.pause();
+        // The only slot is free while the call is paused: another tenant gets it.
+        let other = scheduler.acquire("b", "q");
+        let usage = |tenant: &str| {
+            let all = scheduler.usage();
+            all.iter().find(|(t, _)| t == tenant).map(|(_, u)| *u)
+        };
+        assert_eq!(usage("a").map(|u| u.running), Some(0));
+        std::thread::scope(|scope| {
+            let resumed = scope.spawn(|| {
+                sleeper.resume();
+                sleeper
+            });
+            // The paused call cannot resume while the slot is taken.
+            while usage("a").map(|u| u.waiting) != Some(1) {
+                std::thread::yield_now();
+            }
+            drop(other);
+            let sleeper = resumed.join().expect("no panic");
+            assert_eq!(usage("a").map(|u| u.running), Some(1));
+            // Pausing twice or dropping a paused slot gives nothing back twice.
+            let mut sleeper = sleeper;
+            sleeper.pause();
+            sleeper.pause();
+            drop(sleeper);
+        });
+        assert!(
+            scheduler
+                .usage()
+                .iter()
+                .all(|(_, u)| u.running == 0 && u.waiting == 0)
+        );
+        // The one slot is free again, and only one.
+        assert_eq!(scheduler.lock().free, 1);
     }
 
     #[test]

@@ -66,6 +66,16 @@ fn an_infinite_loop_is_stopped_at_the_time_limit() {
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
 }
 
+/// A sleep is blocked in the host, where the epoch-based time limit does not reach:
+/// the host ends the wait itself. The handler asks for 60 s, its limit is 300 ms.
+#[test]
+fn a_sleep_past_the_time_limit_is_stopped_at_the_limit() {
+    let start = std::time::Instant::now();
+    let error = misdeed("sleep-long");
+    assert_error(&error, "timeout", "ran past its time limit and was stopped");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+}
+
 #[test]
 fn a_memory_bomb_hits_the_memory_cap() {
     let error = misdeed("memory");

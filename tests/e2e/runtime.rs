@@ -527,3 +527,68 @@ fn tenants_weighted_one_and_three_share_the_cores_one_to_three() {
     );
     assert_eq!(examples("share-one"), rows as f64);
 }
+
+/// A handler blocked in a sleep uses no core, so it must not keep one: on a host
+/// with a single core slot, a tenant's call that sleeps for 60 s (its time limit is
+/// 10 s) leaves the slot to another tenant, whose calls are answered at once — not
+/// after the sleep, as they were when a sleeping call kept its slot.
+#[test]
+fn a_sleeping_handler_leaves_its_core_slot_to_other_tenants() {
+    let host = Host::new({
+        let mut value = HostConfig::default();
+        value.compile_cache = Some(CompileCache::new(
+            root().join("target").join("test-compile-cache"),
+        ));
+        value.workers = 1;
+        value
+    })
+    .expect("host starts");
+    let limit = std::time::Duration::from_secs(10);
+    let sleeper = scratch_test_plugin(
+        "hostile",
+        &format!(
+            "name = \"sleeper\"\ncomponent = \"hostile.wasm\"\ntenant = \"sleepy\"\n\
+             [limits]\ntimeout_ms = {}\n",
+            limit.as_millis()
+        ),
+    );
+    let other = scratch_test_plugin(
+        "hostile",
+        "name = \"other\"\ncomponent = \"hostile.wasm\"\ntenant = \"busy\"\n",
+    );
+    let (sleeping, busy) = (load(&host, sleeper.path()), load(&host, other.path()));
+    let running = |tenant: &str| {
+        let usage = host.scheduler().usage();
+        usage
+            .iter()
+            .find(|(t, _)| t == tenant)
+            .map(|(_, u)| u.running)
+    };
+    std::thread::scope(|scope| {
+        let asleep = scope.spawn(|| run(&sleeping, b"\"sleep-long\"\n", &size_only(1)));
+        // The sleeper has had the only slot before the other tenant asks for it.
+        while running("sleepy").is_none() {
+            std::thread::yield_now();
+        }
+        let asked = std::time::Instant::now();
+        let answered = run(&busy, b"\"ok\"\n\"ok\"\n", &size_only(1));
+        let took = asked.elapsed();
+        assert_eq!(answered.predictions.len(), 2, "{:?}", answered.dead_letters);
+        // Answered while the sleeper slept: before its time limit could end it.
+        assert!(
+            took < limit,
+            "the other tenant waited {took:?} for the slot"
+        );
+        assert!(!asleep.is_finished());
+        assert_eq!(running("sleepy"), Some(0));
+        // The sleep itself ends at the sleeper's time limit, not after 60 s.
+        let slept = asleep.join().expect("no panic");
+        assert_eq!(slept.dead_letters.len(), 1, "{:?}", slept.predictions);
+        assert_eq!(slept.dead_letters[0]["error"]["code"], "timeout");
+    });
+    let usage = host.scheduler().usage();
+    assert!(
+        usage.iter().all(|(_, u)| u.running == 0 && u.waiting == 0),
+        "{usage:?}"
+    );
+}

@@ -8,7 +8,7 @@ use crate::manifest::{BatchingConfig, Grants, Limits};
 use crate::metrics::Metrics;
 use crate::model::{GrantedModel, ModelHandle, TensorInfo};
 use crate::sandbox::bindings::{self, Handler, HandlerPre, HostError, api, inference, types};
-use crate::sandbox::wasi::{self, OutputTail};
+use crate::sandbox::wasi::{self, BlockingIo, BlockingIoData, OutputTail};
 use crate::schedule::Slot;
 use crate::tensor::{DType, Tensor};
 use crate::untrusted::{self, MAX_JSON_DEPTH, guest_text};
@@ -18,8 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// What every instance of one model set shares (one is built per model set: the
@@ -85,6 +86,26 @@ struct LogBudget {
     window: Instant,
     sent: u32,
     dropped: u64,
+}
+
+impl InstanceState {
+    fn blocking_io(&mut self) -> BlockingIo<'_> {
+        BlockingIo {
+            table: &mut self.table,
+            slot: self.slot.as_mut(),
+            deadline: &mut self.deadline,
+        }
+    }
+}
+
+/// Adds WASI (preview 2, synchronous) to `linker`, with `wasi:io/poll`'s waits made
+/// to give the core slot up and to end at the call's time limit ([`BlockingIo`]).
+pub(crate) fn add_wasi_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_sync(linker)?;
+    linker.allow_shadowing(true);
+    sync_poll::add_to_linker::<InstanceState, BlockingIoData>(linker, InstanceState::blocking_io)?;
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 impl WasiView for InstanceState {

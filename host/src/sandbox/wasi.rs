@@ -1,12 +1,19 @@
 //! What an instance may reach outside its own memory: the WASI context built from the
-//! manifest's `[grants]` (nothing by default), and a bounded capture of what the
-//! guest prints, so that a panic's message reaches the dead letter.
+//! manifest's `[grants]` (nothing by default), a bounded capture of what the guest
+//! prints, so that a panic's message reaches the dead letter, and waits that give
+//! the core slot up and end at the time limit.
 
 use crate::manifest::Grants;
+use crate::schedule::Slot;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::Instant;
+use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::bindings::io::poll as async_poll;
+use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// Bytes of guest output kept (the most recent).
@@ -136,4 +143,86 @@ pub(crate) fn wasi_context(
             .allow_udp(true);
     }
     Ok(builder.build())
+}
+
+/// What `wasi:io/poll` works on for one instance: the same calls as wasmtime-wasi's,
+/// but a call blocked in them (a sleep, a wait for I/O) gives its core slot up while
+/// it waits and is stopped at its time limit. Without this a sleeping handler would
+/// keep a core slot from every other tenant, and sleep past its limit: the time limit
+/// is otherwise checked only while wasm runs.
+pub(crate) struct BlockingIo<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    pub(crate) slot: Option<&'a mut Slot>,
+    /// When the call must end; extended by the time it then waits for a slot again.
+    pub(crate) deadline: &'a mut Instant,
+}
+
+/// [`HasData`] of [`BlockingIo`], to add it to a linker.
+pub(crate) struct BlockingIoData;
+
+impl HasData for BlockingIoData {
+    type Data<'a> = BlockingIo<'a>;
+}
+
+impl BlockingIo<'_> {
+    /// Runs a wait of `wasi:io/poll`: at once if it is ready at once (a clock
+    /// already past, a stream with room), else without the core slot and until the
+    /// call's deadline at most.
+    fn wait<R>(
+        &mut self,
+        wait: impl AsyncFnOnce(&mut ResourceTable) -> wasmtime::Result<R>,
+    ) -> wasmtime::Result<R> {
+        let deadline = *self.deadline;
+        let (table, slot) = (&mut *self.table, &mut self.slot);
+        let (outcome, paused) = wasmtime_wasi::runtime::in_tokio(async move {
+            let mut wait = std::pin::pin!(wait(table));
+            let ready = std::future::poll_fn(|cx| {
+                Poll::Ready(match wait.as_mut().poll(cx) {
+                    Poll::Ready(result) => Some(result),
+                    Poll::Pending => None,
+                })
+            })
+            .await;
+            if let Some(result) = ready {
+                return (Some(result), false);
+            }
+            let paused = match slot {
+                Some(slot) => {
+                    slot.pause();
+                    true
+                }
+                None => false,
+            };
+            let result = tokio::time::timeout_at(deadline.into(), wait).await.ok();
+            (result, paused)
+        });
+        if paused && let Some(slot) = self.slot.as_mut() {
+            *self.deadline += slot.resume();
+        }
+        // Past the time limit while blocked: stopped like a call that ran too long.
+        outcome.unwrap_or_else(|| Err(wasmtime::Trap::Interrupt.into()))
+    }
+}
+
+impl sync_poll::Host for BlockingIo<'_> {
+    fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
+        self.wait(async |table| async_poll::Host::poll(table, pollables).await)
+    }
+}
+
+impl sync_poll::HostPollable for BlockingIo<'_> {
+    fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
+        wasmtime_wasi::runtime::in_tokio(async_poll::HostPollable::ready(
+            &mut *self.table,
+            pollable,
+        ))
+    }
+
+    fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        self.wait(async |table| async_poll::HostPollable::block(table, pollable).await)
+    }
+
+    fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
+        async_poll::HostPollable::drop(&mut *self.table, pollable)
+    }
 }

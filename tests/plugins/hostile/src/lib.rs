@@ -140,6 +140,11 @@ impl Hostile {
                 }
                 Ok(Value::Text("waited".into()))
             }
+            "sleep-long" => {
+                // One long sleep: past any time limit unless the host ends it.
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Ok(Value::Text("woke".into()))
+            }
             "loop" => {
                 let mut x: u64 = 0;
                 loop {
