@@ -5,6 +5,7 @@ use clap::Args;
 use runinfer::Plugin;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
+use runinfer::quota::Quotas;
 use runinfer::run::{RunOptions, RunSummary, dispatch_options, run_async, run_watched};
 use runinfer::watch::PluginRoot;
 use std::fs::File;
@@ -63,6 +64,12 @@ pub(crate) struct RunArgs {
     /// Inference argument passed to every run-inference call (repeatable).
     #[arg(long = "arg", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub(crate) args: Vec<(String, String)>,
+    /// The operator's tenants file (as `serve --tenants`): the plugin's tenant's
+    /// `requests_per_sec` paces the lines (a line is a request; the run waits, it
+    /// never refuses), `max_in_flight` caps the lines in flight, and `plugins`
+    /// settles which tenant the plugin is.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) tenants: Option<PathBuf>,
     /// Print no summary.
     #[arg(short, long)]
     pub(crate) quiet: bool,
@@ -89,7 +96,13 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
         ("--min-batch-size", args.min_batch_size),
         ("--max-batch-duration-ms", args.max_batch_duration_ms),
     ])?;
+    // Read first: a bad file is the operator's error, at once.
+    let quotas = match &args.tenants {
+        Some(path) => Quotas::load(path).map_err(anyhow::Error::msg)?,
+        None => Quotas::default(),
+    };
     let host = args.common.host()?;
+    quotas.apply_to(&host);
     let root = args.common.plugin_root();
     let (input, mut predictions, mut dead_letters) = open_run_files(&args)?;
     let mut options = RunOptions::default();
@@ -126,6 +139,7 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
                 plugins.status()
             );
         };
+        options.tenant_quota = quotas.quota(live.plugin.tenant()).cloned();
         let summary = runtime.block_on(run_watched(
             &plugins,
             &args.plugin,
@@ -137,6 +151,7 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
         (live.plugin.clone(), summary)
     } else {
         let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
+        options.tenant_quota = quotas.quota(plugin.tenant()).cloned();
         let summary = runtime.block_on(async {
             let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options))?;
             run_async(

@@ -3,9 +3,9 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use runinfer::manifest::BatchingConfig;
+use runinfer::quota::Quotas;
 use runinfer::run::{RunOptions, dispatch_options};
 use runinfer::serve::ServeConfig;
-use runinfer::serve::quota::Quotas;
 use runinfer::watch::PluginRoot;
 use std::path::PathBuf;
 use std::time::Duration;

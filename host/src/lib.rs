@@ -65,7 +65,7 @@ pub mod tensor;
 pub mod untrusted;
 pub mod value;
 
-pub use frontends::{run, serve, watch};
+pub use frontends::{quota, run, serve, watch};
 pub use pipeline::{decode, dispatch};
 pub use plugin::compile;
 

@@ -411,7 +411,48 @@ pub(crate) struct TenantMetrics {
     core_wait_seconds: Family<TenantLabel, Seconds>,
 }
 
+/// One tenant's counters so far (what `serve`'s `GET /v2/tenants` shows next to
+/// the metrics).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+#[non_exhaustive]
+pub struct TenantCounts {
+    /// Examples run.
+    pub examples: u64,
+    /// `run-inference` calls.
+    pub handler_calls: u64,
+    /// CPU time in the handler (wasm and host imports but the engine).
+    pub handler_cpu_seconds: f64,
+    /// CPU time in model engines.
+    pub engine_cpu_seconds: f64,
+    /// Time its calls waited for a core slot.
+    pub core_wait_seconds: f64,
+    /// Requests refused by its quota.
+    pub refused_requests: u64,
+    /// Examples of those requests.
+    pub refused_examples: u64,
+}
+
 impl TenantMetrics {
+    /// The counters of `tenant` (zeros for a tenant not seen yet).
+    pub(crate) fn counts(&self, tenant: &str) -> TenantCounts {
+        let label = TenantLabel {
+            tenant: tenant.to_string(),
+        };
+        let count =
+            |family: &Family<TenantLabel, Counter>| family.get(&label).map_or(0, |c| c.get());
+        let seconds =
+            |family: &Family<TenantLabel, Seconds>| family.get(&label).map_or(0.0, |c| c.get());
+        TenantCounts {
+            examples: count(&self.rows),
+            handler_calls: count(&self.calls),
+            handler_cpu_seconds: seconds(&self.handler_seconds),
+            engine_cpu_seconds: seconds(&self.engine_seconds),
+            core_wait_seconds: seconds(&self.core_wait_seconds),
+            refused_requests: count(&self.refused_requests),
+            refused_examples: count(&self.refused_rows),
+        }
+    }
+
     /// Counts a request of `rows` examples refused by its tenant's quota.
     pub(crate) fn refused(&self, tenant: &str, rows: usize) {
         let label = TenantLabel {

@@ -744,7 +744,7 @@ fn repository_load_unload_and_warm_up() {
 fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
     let mut config = ServeConfig::default();
     config.quotas = std::sync::Arc::new(
-        runinfer::serve::quota::Quotas::parse(
+        runinfer::quota::Quotas::parse(
             "[tenants.metered]\nrequests_per_sec = 0.001\nplugins = [\"metered-iris\"]\n",
         )
         .unwrap(),
@@ -808,5 +808,49 @@ fn a_tenant_over_its_request_rate_gets_429_with_the_reason() {
         |tenant: &str| values[&format!("runinfer_tenant_examples_total{{tenant=\"{tenant}\"}}")];
     assert_eq!((ran("metered"), ran("free")), (2.0, 6.0));
     assert_eq!(ran("~sneaky-iris"), 4.0);
+    // The status says the same, per tenant, with what the operator set.
+    let (status, tenants) = server.call("GET", "/v2/tenants", None);
+    assert_eq!(status, 200, "{tenants}");
+    let tenant = |name: &str| {
+        tenants["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {tenants}"))
+            .clone()
+    };
+    let metered = tenant("metered");
+    assert_eq!(metered["plugins"], json!(["metered-iris"]), "{metered}");
+    assert_eq!(metered["quota"]["requests_per_sec"], 0.001);
+    assert_eq!(metered["weight"], 1);
+    assert_eq!(metered["in_flight"], 0);
+    assert_eq!(
+        (&metered["examples"], &metered["handler_calls"]),
+        (&json!(2), &json!(1))
+    );
+    assert_eq!(
+        (&metered["refused_requests"], &metered["refused_examples"]),
+        (&json!(1), &json!(2))
+    );
+    assert_eq!(metered["core_slots"]["running"], 0);
+    let sneaky = tenant("~sneaky-iris");
+    assert_eq!(sneaky["plugins"], json!(["sneaky-iris"]), "{sneaky}");
+    assert_eq!(
+        (&sneaky["examples"], &sneaky["quota"]["requests_per_sec"]),
+        (&json!(4), &Value::Null)
+    );
+    let free = tenant("free");
+    assert_eq!(
+        (&free["examples"], &free["refused_requests"]),
+        (&json!(6), &json!(0))
+    );
+    for t in [&metered, &sneaky, &free] {
+        let cpu = t["handler_cpu_seconds"].as_f64().unwrap();
+        assert!(
+            cpu > 0.0 && t["core_slots"]["used_seconds"].as_f64().unwrap() > 0.0,
+            "{t}"
+        );
+    }
     server.stop();
 }

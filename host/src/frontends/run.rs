@@ -7,6 +7,7 @@
 //! unless the run is stopped by `max_failure_ratio`.
 
 use crate::error::{ErrorCode, InferenceError};
+use crate::frontends::quota::{Pacer, TenantQuota};
 use crate::frontends::watch::PluginRoot;
 use crate::manifest::BatchingConfig;
 use crate::pipeline::batch::BatchPolicy;
@@ -39,6 +40,9 @@ pub struct RunOptions {
     pub max_failure_ratio: Option<f64>,
     /// Show a progress bar on stderr.
     pub progress: bool,
+    /// The plugin's tenant's quota (`--tenants`): a line is a request; the run waits
+    /// for its rate and keeps at most `max_in_flight` lines in flight.
+    pub tenant_quota: Option<TenantQuota>,
 }
 
 /// What a run did.
@@ -195,7 +199,15 @@ async fn run_from(
     options: &RunOptions,
 ) -> std::io::Result<RunSummary> {
     let start = Instant::now();
-    let ahead = source().map_or(1024, |d| d.options().queue_capacity.max(1024));
+    let quota = options.tenant_quota.clone().unwrap_or_default();
+    let ahead = source()
+        .map_or(1024, |d| d.options().queue_capacity.max(1024))
+        .min(quota.max_in_flight.map_or(usize::MAX, |max| max as usize));
+    let pacer = quota.requests_per_sec.map(Pacer::new);
+    // A chunk takes its permits and its turn at once.
+    let chunk_lines = CHUNK_LINES
+        .min(ahead)
+        .min(pacer.as_ref().map_or(usize::MAX, Pacer::burst));
     // Lines read and not yet written: bounds what a run holds while one slow batch
     // keeps the lines after it waiting.
     let in_flight = Arc::new(Semaphore::new(ahead));
@@ -204,9 +216,16 @@ async fn run_from(
     let reader = {
         let (source, in_flight) = (source.clone(), in_flight.clone());
         let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            read_lines(input, &source, &lines_tx, &answers_tx, &in_flight, &runtime)
-        })
+        let mut reader = Reader {
+            source,
+            lines: lines_tx,
+            answers: answers_tx,
+            in_flight,
+            runtime,
+            chunk_lines,
+            pacer,
+        };
+        tokio::task::spawn_blocking(move || reader.read_lines(input))
     };
 
     let progress = progress_bar(options.progress);
@@ -322,66 +341,89 @@ fn ratio_exceeded(summary: &RunSummary, max: Option<f64>) -> Option<String> {
 /// Lines read, decoded and queued together, at most.
 const CHUNK_LINES: usize = 256;
 
-/// The reader thread: reads lines in chunks, decodes them, hands them to the writer
-/// and queues their examples (answered on `answers`). A chunk grows while further
-/// complete lines are already buffered (a file) and goes at once when the next read
-/// would wait (an interactive pipe), so batching never waits on the reader.
-fn read_lines(
-    input: Box<dyn Read + Send>,
-    source: &Source,
-    lines: &mpsc::Sender<Chunk>,
-    answers: &mpsc::UnboundedSender<Answers>,
-    in_flight: &Semaphore,
-    runtime: &tokio::runtime::Handle,
-) {
-    let mut input = BufReader::with_capacity(256 * 1024, input);
-    let mut number = 0;
-    loop {
-        let mut chunk = Vec::with_capacity(CHUNK_LINES);
-        let (mut ended, mut failed) = (false, None);
+/// The reader thread's ends of the run.
+struct Reader {
+    source: Source,
+    /// To the writer.
+    lines: mpsc::Sender<Chunk>,
+    /// Where the examples queued are answered.
+    answers: mpsc::UnboundedSender<Answers>,
+    /// Lines read and not yet written.
+    in_flight: Arc<Semaphore>,
+    runtime: tokio::runtime::Handle,
+    /// Lines in a chunk, at most.
+    chunk_lines: usize,
+    /// The tenant's request rate, if it has one.
+    pacer: Option<Pacer>,
+}
+
+impl Reader {
+    /// The reader thread: reads lines in chunks, decodes them, hands them to the writer
+    /// and queues their examples (answered on `answers`). A chunk grows while further
+    /// complete lines are already buffered (a file) and goes at once when the next read
+    /// would wait (an interactive pipe), so batching never waits on the reader.
+    fn read_lines(&mut self, input: Box<dyn Read + Send>) {
+        let Reader {
+            source,
+            lines,
+            answers,
+            in_flight,
+            runtime,
+            chunk_lines,
+            pacer,
+        } = self;
+        let mut input = BufReader::with_capacity(256 * 1024, input);
+        let mut number = 0;
         loop {
-            let mut buf = Vec::new();
-            match input.read_until(b'\n', &mut buf) {
-                Ok(0) => ended = true,
-                Ok(_) => chunk.push(buf),
-                Err(e) => failed = Some(e),
+            let mut chunk = Vec::with_capacity(*chunk_lines);
+            let (mut ended, mut failed) = (false, None);
+            loop {
+                let mut buf = Vec::new();
+                match input.read_until(b'\n', &mut buf) {
+                    Ok(0) => ended = true,
+                    Ok(_) => chunk.push(buf),
+                    Err(e) => failed = Some(e),
+                }
+                if ended
+                    || failed.is_some()
+                    || chunk.len() >= *chunk_lines
+                    || !input.buffer().contains(&b'\n')
+                {
+                    break;
+                }
             }
-            if ended
-                || failed.is_some()
-                || chunk.len() >= CHUNK_LINES
-                || !input.buffer().contains(&b'\n')
-            {
+            if !chunk.is_empty() {
+                if let Some(pacer) = pacer {
+                    pacer.wait(chunk.len());
+                }
+                // Waits while the writer holds `ahead` lines; fails once it stopped.
+                let count = u32::try_from(chunk.len()).expect("at most CHUNK_LINES");
+                match runtime.block_on(in_flight.acquire_many(count)) {
+                    Ok(permits) => permits.forget(),
+                    Err(_) => return,
+                }
+                // The version of the plugin in force for this chunk.
+                let current = source();
+                let (decoded, queued) = decode_chunk(chunk, &mut number, current.as_ref());
+                if lines.blocking_send(Chunk::Lines(decoded)).is_err() {
+                    return;
+                }
+                if let Ok(dispatcher) = &current {
+                    dispatcher.submit_blocking(queued, answers);
+                }
+            }
+            if let Some(e) = failed {
+                let _ = lines.blocking_send(Chunk::Failed(e));
+                return;
+            }
+            if ended {
                 break;
             }
         }
-        if !chunk.is_empty() {
-            // Waits while the writer holds `ahead` lines; fails once it stopped.
-            let count = u32::try_from(chunk.len()).expect("at most CHUNK_LINES");
-            match runtime.block_on(in_flight.acquire_many(count)) {
-                Ok(permits) => permits.forget(),
-                Err(_) => return,
-            }
-            // The version of the plugin in force for this chunk.
-            let current = source();
-            let (decoded, queued) = decode_chunk(chunk, &mut number, current.as_ref());
-            if lines.blocking_send(Chunk::Lines(decoded)).is_err() {
-                return;
-            }
-            if let Ok(dispatcher) = &current {
-                dispatcher.submit_blocking(queued, answers);
-            }
+        // End of input: flush what is queued without waiting for batch timers.
+        if let Ok(dispatcher) = source() {
+            dispatcher.close();
         }
-        if let Some(e) = failed {
-            let _ = lines.blocking_send(Chunk::Failed(e));
-            return;
-        }
-        if ended {
-            break;
-        }
-    }
-    // End of input: flush what is queued without waiting for batch timers.
-    if let Ok(dispatcher) = source() {
-        dispatcher.close();
     }
 }
 

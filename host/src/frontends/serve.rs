@@ -19,11 +19,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value as JsonValue, json};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub mod grpc;
-pub mod quota;
 mod triton;
 
 /// How the server behaves.
@@ -36,7 +36,7 @@ pub struct ServeConfig {
     /// Largest request body (HTTP) or message (gRPC) accepted.
     pub max_request_bytes: usize,
     /// Per-tenant quotas (`--tenants FILE`); shared by HTTP and gRPC.
-    pub quotas: Arc<quota::Quotas>,
+    pub quotas: Arc<crate::frontends::quota::Quotas>,
 }
 
 impl Default for ServeConfig {
@@ -99,6 +99,7 @@ pub fn router(root: Arc<PluginRoot>, host: Host, config: ServeConfig) -> Router 
             post(repository_unload),
         )
         .route("/metrics", get(metrics))
+        .route("/v2/tenants", get(tenants))
         .fallback(|uri: axum::http::Uri| async move {
             ApiError(StatusCode::NOT_FOUND, format!("no such route: {uri}"))
         })
@@ -186,6 +187,61 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         state.host.metrics().encode(),
     )
         .into_response()
+}
+
+/// `GET /v2/tenants` (a runinfer extension): who used what — per tenant, its
+/// plugins, weight and quota, what it holds and waits for now, and its counters
+/// (the same as the `runinfer_tenant_*` metrics).
+async fn tenants(State(state): State<Arc<AppState>>) -> Response {
+    let quotas = &state.config.quotas;
+    let scheduler = state.host.scheduler();
+    let usage: BTreeMap<String, crate::schedule::TenantUsage> =
+        scheduler.usage().into_iter().collect();
+    let mut plugins: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for live in state.root.live_plugins() {
+        plugins
+            .entry(live.plugin.tenant().to_string())
+            .or_default()
+            .push(live.plugin.name().to_string());
+    }
+    // Every tenant with a counter: calls go through the scheduler, refusals need a
+    // quota; and those with a plugin or a quota that have done nothing yet.
+    let names: BTreeSet<&str> = usage
+        .keys()
+        .chain(plugins.keys())
+        .map(String::as_str)
+        .chain(quotas.tenants())
+        .collect();
+    let tenants: Vec<JsonValue> = names
+        .into_iter()
+        .map(|name| {
+            let slots = usage.get(name).copied().unwrap_or_default();
+            let quota = quotas.quota(name);
+            let mut entry = json!({
+                "name": name,
+                "plugins": plugins.get(name).cloned().unwrap_or_default(),
+                "weight": scheduler.weight(name),
+                "quota": {
+                    "requests_per_sec": quota.and_then(|q| q.requests_per_sec),
+                    "max_in_flight": quota.and_then(|q| q.max_in_flight),
+                },
+                "in_flight": quotas.in_flight(name),
+                "core_slots": {
+                    "running": slots.running,
+                    "waiting": slots.waiting,
+                    "used_seconds": slots.used.as_secs_f64(),
+                },
+            });
+            let counts = state.host.metrics().tenants().counts(name);
+            if let (Some(entry), Ok(JsonValue::Object(counts))) =
+                (entry.as_object_mut(), serde_json::to_value(counts))
+            {
+                entry.extend(counts);
+            }
+            entry
+        })
+        .collect();
+    Json(json!({ "tenants": tenants })).into_response()
 }
 
 /// The name of the one input or output of a handler that does not take or return

@@ -84,6 +84,61 @@ fn stdin_input_and_dead_letter_file() {
     );
 }
 
+/// `run --tenants`: the operator's quota of the plugin's tenant paces a job, which
+/// waits where `serve` would refuse; every line still ends as a prediction.
+#[test]
+fn run_waits_for_its_tenants_request_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let tenants = dir.path().join("tenants.toml");
+    let input = dir.path().join("input.jsonl");
+    let lines: Vec<&str> = include_str!("../../../examples/iris.jsonl")
+        .lines()
+        .take(60)
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    // A second's worth (40 lines) at once, then 20 more at 40 a second.
+    std::fs::write(
+        &tenants,
+        "[tenants.paced]\nrequests_per_sec = 40\nmax_in_flight = 8\nplugins = [\"iris\"]\n",
+    )
+    .unwrap();
+    let out = runinfer()
+        .args(["run", "iris"])
+        .arg(&input)
+        .arg("--tenants")
+        .arg(&tenants)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 60);
+    assert!(stderr.contains("60 lines -> 60 predictions"), "{stderr}");
+    // The summary's own time (the job, not the start of the process): 60 lines of
+    // iris take milliseconds unpaced.
+    let seconds: f64 = stderr
+        .split(" in ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("a time in {stderr}"));
+    assert!(seconds >= 0.45, "paced 20 lines at 40/s in {seconds} s");
+    // A bad file is the operator's error, at once.
+    std::fs::write(&tenants, "[tenants.paced]\nrequests_per_sec = -1\n").unwrap();
+    let out = runinfer()
+        .args(["run", "iris"])
+        .arg(&input)
+        .arg("--tenants")
+        .arg(&tenants)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("requests_per_sec`: expected a number above 0"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn list_and_inspect_describe_the_bundled_plugins() {
     // The Rust plugins, which `cargo build` builds (the other languages' plugins are

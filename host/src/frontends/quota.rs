@@ -1,8 +1,10 @@
-//! Per-tenant quotas of `serve`, set by the operator (`--tenants FILE`), never by a
-//! tenant's own manifest: requests a second (a token bucket holding one second of
-//! requests) and requests in flight. A request over its tenant's quota is refused at
-//! once — HTTP 429, gRPC RESOURCE_EXHAUSTED — with the quota in the reason, and
-//! counted in `runinfer_tenant_refused_requests_total` / `_examples_total`.
+//! Per-tenant quotas, set by the operator (`--tenants FILE`), never by a tenant's
+//! own manifest: requests a second (a token bucket holding one second of requests)
+//! and requests in flight. In `serve` a request over its tenant's quota is refused
+//! at once — HTTP 429, gRPC RESOURCE_EXHAUSTED — with the quota in the reason, and
+//! counted in `runinfer_tenant_refused_requests_total` / `_examples_total`. In `run`
+//! a line is a request and the job waits instead ([`Pacer`], and fewer lines in
+//! flight).
 //!
 //! The same file sets each tenant's `weight`, its share of the cores when they are
 //! contended (the host's [`crate::schedule`]), and may list its `plugins`: then only
@@ -21,7 +23,7 @@ use crate::metrics::TenantMetrics;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The largest weight: one tenant at most this many times another's share.
 const MAX_WEIGHT: u32 = 1000;
@@ -54,9 +56,75 @@ struct TenantsFile {
 /// A tenant's bucket and requests in flight.
 #[derive(Debug)]
 struct Usage {
+    bucket: Option<Bucket>,
+    in_flight: u32,
+}
+
+/// A token bucket: `rate` requests a second, holding one second's worth (at least
+/// one request), full at first.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
     tokens: f64,
     refilled: Instant,
-    in_flight: u32,
+}
+
+impl Bucket {
+    fn new(rate: f64) -> Bucket {
+        Bucket {
+            rate,
+            tokens: rate.max(1.0),
+            refilled: Instant::now(),
+        }
+    }
+
+    fn capacity(&self) -> f64 {
+        self.rate.max(1.0)
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity());
+        self.refilled = now;
+    }
+
+    /// How long until `n` requests may go (zero if they may now).
+    fn time_until(&mut self, n: f64) -> Duration {
+        self.refill();
+        Duration::from_secs_f64(((n - self.tokens) / self.rate).max(0.0))
+    }
+}
+
+/// `run`'s side of a tenant's request rate: every line is a request, and the job
+/// waits for its turn where `serve` would refuse.
+#[derive(Debug)]
+pub struct Pacer(Bucket);
+
+impl Pacer {
+    /// Lines at `requests_per_sec` (above 0, as a tenants file has it).
+    pub fn new(requests_per_sec: f64) -> Pacer {
+        Pacer(Bucket::new(requests_per_sec))
+    }
+
+    /// The most lines one [`Pacer::wait`] may ask for: a second's worth.
+    pub fn burst(&self) -> usize {
+        self.0.capacity() as usize
+    }
+
+    /// Blocks the calling thread until `lines` (at most [`Pacer::burst`]) may go,
+    /// and takes their turn.
+    pub fn wait(&mut self, lines: usize) {
+        let n = lines.min(self.burst()) as f64;
+        loop {
+            let wait = self.0.time_until(n);
+            if wait.is_zero() {
+                break;
+            }
+            std::thread::sleep(wait);
+        }
+        self.0.tokens -= n;
+    }
 }
 
 /// The quotas of every tenant and what each uses now.
@@ -152,6 +220,19 @@ impl Quotas {
         self.limits.get(tenant)
     }
 
+    /// The tenants the operator listed.
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.limits.keys().map(String::as_str)
+    }
+
+    /// Requests of `tenant` in flight now, if the operator gave it a quota (only
+    /// those are counted).
+    pub fn in_flight(&self, tenant: &str) -> Option<u32> {
+        self.limits.get(tenant)?;
+        let usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        Some(usage.get(tenant).map_or(0, |used| used.in_flight))
+    }
+
     /// Admits a request of `tenant` (`examples` rows) or refuses it with the reason.
     /// The admission holds its place in flight until dropped.
     pub(crate) fn admit(
@@ -164,23 +245,19 @@ impl Quotas {
             return Ok(None);
         };
         let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        let burst = quota.requests_per_sec.map_or(0.0, |rate| rate.max(1.0));
-        let used = usage.entry(tenant.to_string()).or_insert(Usage {
-            tokens: burst,
-            refilled: now,
+        let used = usage.entry(tenant.to_string()).or_insert_with(|| Usage {
+            bucket: quota.requests_per_sec.map(Bucket::new),
             in_flight: 0,
         });
-        if let Some(rate) = quota.requests_per_sec {
-            let elapsed = now.duration_since(used.refilled).as_secs_f64();
-            used.tokens = (used.tokens + elapsed * rate).min(burst);
-            used.refilled = now;
-        }
+        let over_rate = used
+            .bucket
+            .as_mut()
+            .is_some_and(|bucket| !bucket.time_until(1.0).is_zero());
         let refusal = match (quota.requests_per_sec, quota.max_in_flight) {
             (_, Some(max)) if used.in_flight >= max => Some(format!(
                 "tenant `{tenant}` has {max} requests in flight, its quota; retry when one is answered"
             )),
-            (Some(rate), _) if used.tokens < 1.0 => Some(format!(
+            (Some(rate), _) if over_rate => Some(format!(
                 "tenant `{tenant}` is over its quota of {rate} requests/s; retry later"
             )),
             _ => None,
@@ -190,8 +267,8 @@ impl Quotas {
             metrics.refused(tenant, examples);
             return Err(reason);
         }
-        if quota.requests_per_sec.is_some() {
-            used.tokens -= 1.0;
+        if let Some(bucket) = &mut used.bucket {
+            bucket.tokens -= 1.0;
         }
         used.in_flight += 1;
         Ok(Some(Admission {
@@ -209,17 +286,6 @@ pub(crate) struct Admission {
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        eprintln!(
-            "RELEASE {} {}",
-            self.tenant,
-            std::backtrace::Backtrace::force_capture()
-                .to_string()
-                .lines()
-                .filter(|l| l.contains("runinfer::"))
-                .take(6)
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
         let mut usage = self.quotas.usage.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(used) = usage.get_mut(&self.tenant) {
             used.in_flight = used.in_flight.saturating_sub(1);
@@ -271,5 +337,20 @@ mod tests {
         assert!(quotas.admit("b", 1, &metrics).is_ok());
         let err = quotas.admit("b", 5, &metrics).err().unwrap();
         assert!(err.contains("over its quota of 0.001 requests/s"), "{err}");
+    }
+
+    #[test]
+    fn a_pacer_lets_a_seconds_worth_go_at_once_then_waits() {
+        let mut pacer = Pacer::new(50.0);
+        assert_eq!(pacer.burst(), 50);
+        let start = Instant::now();
+        pacer.wait(50);
+        let burst = start.elapsed();
+        // 25 more lines at 50 a second: half a second, at least.
+        pacer.wait(25);
+        let paced = start.elapsed() - burst;
+        assert!(paced >= Duration::from_millis(490), "{paced:?}");
+        // Below one request a second, one line still goes at a time.
+        assert_eq!(Pacer::new(0.5).burst(), 1);
     }
 }
