@@ -95,8 +95,15 @@ def light_load(address, rate, seconds, latencies, stop):
 
 def light_process(address, rate, seconds):
     latencies = []
+    cpu = time.process_time()
     light_load(address, rate, seconds, latencies, threading.Event())
-    return latencies
+    return latencies, time.process_time() - cpu
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def heavy_load(address, done, stop):
@@ -124,19 +131,25 @@ def scenario(binary, plugins, work, workers, light, heavy, args):
             t.start()
         time.sleep(args.settle if heavy else 0)
         begin = time.perf_counter()
+        server_cpu = cpu_seconds(server.pid)
+        light_cpu = 0.0
         if light:
             # In a process of its own: the heavy load's client threads would hold
             # this one's GIL and add their wait to its latencies.
             with multiprocessing.Pool(1) as pool:
-                latencies = pool.apply(light_process, (address, args.rate, args.seconds))
+                latencies, light_cpu = pool.apply(light_process, (address, args.rate, args.seconds))
         else:
             time.sleep(args.seconds)
         end = time.perf_counter()
+        server_cpu = cpu_seconds(server.pid) - server_cpu
         stop.set()
         for t in threads:
             t.join()
         rows = sum(1 for t in done if begin <= t <= end)
-        result = {"heavy_rows_per_sec": rows / (end - begin) if heavy else None}
+        result = {"heavy_rows_per_sec": rows / (end - begin) if heavy else None,
+                  # Share of the machine's cores the server and the light client used.
+                  "server_cores": server_cpu / (end - begin),
+                  "light_client_cores": light_cpu / (end - begin)}
         if light:
             latencies.sort()
             result["light_p50_ms"] = 1000 * latencies[len(latencies) // 2]
@@ -178,15 +191,24 @@ def main():
 
     alone_p99 = median("light alone", "light_p99_ms")
     alone_heavy = median("heavy alone", "heavy_rows_per_sec")
+    # What the light tenant takes of the machine (its requests in the server, its
+    # client) when alone; the heavy tenant's fair throughput is what is left of it.
+    light_cores = median("light alone", "server_cores") + median("light alone", "light_client_cores")
+    left = alone_heavy * (1 - light_cores / cores)
     lines = [
         f"{cores} cores; light: iris at {args.rate:.0f} req/s open loop, 1 instance; heavy: "
         f"fixed CPU work per row, 16 instances, {args.heavy_connections} connections; "
         f"{args.seconds:.0f} s a run, medians of {args.reps} alternating runs.",
         "",
-        "| scenario | light p50 ms | light p99 ms | light p99 ÷ alone | heavy rows/s | heavy ÷ alone |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"The light tenant alone uses {light_cores:.3f} of the {cores} cores (server "
+        f"{median('light alone', 'server_cores'):.3f}, its client "
+        f"{median('light alone', 'light_client_cores'):.3f}): what is left for the heavy "
+        f"tenant is {left:.1f} rows/s (heavy alone × (1 − {light_cores:.3f}/{cores})).",
+        "",
+        "| scenario | light p50 ms | light p99 ms | light p99 ÷ alone | heavy rows/s | heavy ÷ alone | heavy ÷ what is left | server cores used |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, *_ in scenarios:
+    for name, _, light, _ in scenarios:
         p50, p99 = median(name, "light_p50_ms"), median(name, "light_p99_ms")
         heavy = median(name, "heavy_rows_per_sec")
         cell = lambda v, f: "" if v is None else f.format(v)
@@ -194,7 +216,9 @@ def main():
             f"| {name} | {cell(p50, '{:.2f}')} | {cell(p99, '{:.2f}')} | "
             f"{cell(p99 / alone_p99 if p99 is not None else None, '{:.2f}×')} | "
             f"{cell(heavy, '{:.1f}')} | "
-            f"{cell(heavy / alone_heavy if heavy is not None else None, '{:.2f}')} |")
+            f"{cell(heavy / alone_heavy if heavy is not None else None, '{:.2f}')} | "
+            f"{cell(heavy / left if heavy is not None and light else None, '{:.2f}')} | "
+            f"{median(name, 'server_cores'):.2f} |")
     report = "\n".join(lines)
     print(report)
     out = ROOT / "target" / "bench" / "tenants.md"
