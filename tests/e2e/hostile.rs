@@ -35,7 +35,12 @@ fn hostile(extra: &str) -> tempfile::TempDir {
 /// Runs `deed` then "ok" through the hostile plugin, one example per batch; returns
 /// the dead letter of the misdeed (and checks that "ok" still works after it).
 fn misdeed(deed: &str) -> Value {
-    let dir = hostile("");
+    misdeed_with("", deed)
+}
+
+/// [`misdeed`] with `extra` manifest text (grants).
+fn misdeed_with(extra: &str, deed: &str) -> Value {
+    let dir = hostile(extra);
     let host = host();
     let plugin = load(&host, dir.path());
     let input = format!("{}\n\"ok\"\n", json!(deed));
@@ -72,6 +77,26 @@ fn an_infinite_loop_is_stopped_at_the_time_limit() {
 fn a_sleep_past_the_time_limit_is_stopped_at_the_limit() {
     let start = std::time::Instant::now();
     let error = misdeed("sleep-long");
+    assert_error(&error, "timeout", "ran past its time limit and was stopped");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// The same for a raw `wasi:io/streams` `blocking-read` on a socket (a plugin granted
+/// the network) that never gets data: the test's listener accepts and never writes
+/// (it closes after 60 s, so that without the host's bound the test fails, not hangs).
+#[test]
+fn a_blocking_read_that_gets_no_data_is_stopped_at_the_time_limit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((connection, _)) = listener.accept() {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            drop(connection);
+        }
+    });
+    let start = std::time::Instant::now();
+    let grants = format!("[grants]\nnetwork = true\nenv = {{ HANG_PORT = \"{port}\" }}\n");
+    let error = misdeed_with(&grants, "stream-hang");
     assert_error(&error, "timeout", "ran past its time limit and was stopped");
     assert!(start.elapsed() < std::time::Duration::from_secs(30));
 }

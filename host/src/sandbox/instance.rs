@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime::{Store, StoreContextMut, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
+use wasmtime_wasi::p2::bindings::sync::io::streams as sync_streams;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// What every instance of one model set shares (one is built per model set: the
@@ -98,12 +99,16 @@ impl InstanceState {
     }
 }
 
-/// Adds WASI (preview 2, synchronous) to `linker`, with `wasi:io/poll`'s waits made
+/// Adds WASI (preview 2, synchronous) to `linker`, with `wasi:io`'s waits made
 /// to give the core slot up and to end at the call's time limit ([`BlockingIo`]).
 pub(crate) fn add_wasi_to_linker(linker: &mut Linker<InstanceState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(linker)?;
     linker.allow_shadowing(true);
     sync_poll::add_to_linker::<InstanceState, BlockingIoData>(linker, InstanceState::blocking_io)?;
+    sync_streams::add_to_linker::<InstanceState, BlockingIoData>(
+        linker,
+        InstanceState::blocking_io,
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }

@@ -12,8 +12,14 @@ use std::time::Instant;
 use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::bindings::io::poll as async_poll;
+use wasmtime_wasi::p2::bindings::io::streams::{
+    HostInputStream as AsyncInput, HostOutputStream as AsyncOutput,
+};
 use wasmtime_wasi::p2::bindings::sync::io::poll as sync_poll;
-use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::bindings::sync::io::streams as sync_streams;
+use wasmtime_wasi::p2::{
+    DynInputStream, DynOutputStream, DynPollable, OutputStream, Pollable, StreamError, StreamResult,
+};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 /// Bytes of guest output kept (the most recent).
@@ -145,9 +151,10 @@ pub(crate) fn wasi_context(
     Ok(builder.build())
 }
 
-/// What `wasi:io/poll` works on for one instance: the same calls as wasmtime-wasi's,
-/// but a call blocked in them (a sleep, a wait for I/O) gives its core slot up while
-/// it waits and is stopped at its time limit. Without this a sleeping handler would
+/// What `wasi:io/poll` and `wasi:io/streams` work on for one instance: the same calls
+/// as wasmtime-wasi's, but a call blocked in them (a sleep, a wait for I/O, a
+/// `blocking-read` on a granted socket) gives its core slot up while it waits and is
+/// stopped at its time limit. Without this a sleeping handler would
 /// keep a core slot from every other tenant, and sleep past its limit: the time limit
 /// is otherwise checked only while wasm runs.
 pub(crate) struct BlockingIo<'a> {
@@ -168,10 +175,11 @@ impl BlockingIo<'_> {
     /// Runs a wait of `wasi:io/poll`: at once if it is ready at once (a clock
     /// already past, a stream with room), else without the core slot and until the
     /// call's deadline at most.
-    fn wait<R>(
+    fn wait<R, E>(
         &mut self,
-        wait: impl AsyncFnOnce(&mut ResourceTable) -> wasmtime::Result<R>,
-    ) -> wasmtime::Result<R> {
+        wait: impl AsyncFnOnce(&mut ResourceTable) -> Result<R, E>,
+        trap: impl FnOnce(wasmtime::Error) -> E,
+    ) -> Result<R, E> {
         let deadline = *self.deadline;
         let (table, slot) = (&mut *self.table, &mut self.slot);
         let (outcome, paused) = wasmtime_wasi::runtime::in_tokio(async move {
@@ -200,13 +208,16 @@ impl BlockingIo<'_> {
             *self.deadline += slot.resume();
         }
         // Past the time limit while blocked: stopped like a call that ran too long.
-        outcome.unwrap_or_else(|| Err(wasmtime::Trap::Interrupt.into()))
+        outcome.unwrap_or_else(|| Err(trap(wasmtime::Trap::Interrupt.into())))
     }
 }
 
 impl sync_poll::Host for BlockingIo<'_> {
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
-        self.wait(async |table| async_poll::Host::poll(table, pollables).await)
+        self.wait(
+            async |table| async_poll::Host::poll(table, pollables).await,
+            |e| e,
+        )
     }
 }
 
@@ -219,10 +230,140 @@ impl sync_poll::HostPollable for BlockingIo<'_> {
     }
 
     fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
-        self.wait(async |table| async_poll::HostPollable::block(table, pollable).await)
+        self.wait(
+            async |table| async_poll::HostPollable::block(table, pollable).await,
+            |e| e,
+        )
     }
 
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
         async_poll::HostPollable::drop(&mut *self.table, pollable)
+    }
+}
+
+impl sync_streams::Host for BlockingIo<'_> {
+    fn convert_stream_error(
+        &mut self,
+        err: StreamError,
+    ) -> wasmtime::Result<sync_streams::StreamError> {
+        sync_streams::Host::convert_stream_error(&mut *self.table, err)
+    }
+}
+
+impl sync_streams::HostOutputStream for BlockingIo<'_> {
+    fn drop(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<()> {
+        sync_streams::HostOutputStream::drop(&mut *self.table, stream)
+    }
+
+    fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
+        sync_streams::HostOutputStream::check_write(&mut *self.table, stream)
+    }
+
+    fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        sync_streams::HostOutputStream::write(&mut *self.table, stream, bytes)
+    }
+
+    fn blocking_write_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        bytes: Vec<u8>,
+    ) -> StreamResult<()> {
+        self.wait(
+            async |table| AsyncOutput::blocking_write_and_flush(table, stream, bytes).await,
+            StreamError::Trap,
+        )
+    }
+
+    fn blocking_write_zeroes_and_flush(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+        len: u64,
+    ) -> StreamResult<()> {
+        self.wait(
+            async |table| AsyncOutput::blocking_write_zeroes_and_flush(table, stream, len).await,
+            StreamError::Trap,
+        )
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynOutputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        sync_streams::HostOutputStream::subscribe(&mut *self.table, stream)
+    }
+
+    fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        sync_streams::HostOutputStream::write_zeroes(&mut *self.table, stream, len)
+    }
+
+    fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        sync_streams::HostOutputStream::flush(&mut *self.table, stream)
+    }
+
+    fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
+        self.wait(
+            async |table| AsyncOutput::blocking_flush(table, stream).await,
+            StreamError::Trap,
+        )
+    }
+
+    fn splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        sync_streams::HostOutputStream::splice(&mut *self.table, dst, src, len)
+    }
+
+    fn blocking_splice(
+        &mut self,
+        dst: Resource<DynOutputStream>,
+        src: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<u64> {
+        self.wait(
+            async |table| AsyncOutput::blocking_splice(table, dst, src, len).await,
+            StreamError::Trap,
+        )
+    }
+}
+
+impl sync_streams::HostInputStream for BlockingIo<'_> {
+    fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
+        sync_streams::HostInputStream::drop(&mut *self.table, stream)
+    }
+
+    fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
+        sync_streams::HostInputStream::read(&mut *self.table, stream, len)
+    }
+
+    fn blocking_read(
+        &mut self,
+        stream: Resource<DynInputStream>,
+        len: u64,
+    ) -> StreamResult<Vec<u8>> {
+        self.wait(
+            async |table| AsyncInput::blocking_read(table, stream, len).await,
+            StreamError::Trap,
+        )
+    }
+
+    fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        sync_streams::HostInputStream::skip(&mut *self.table, stream, len)
+    }
+
+    fn blocking_skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
+        self.wait(
+            async |table| AsyncInput::blocking_skip(table, stream, len).await,
+            StreamError::Trap,
+        )
+    }
+
+    fn subscribe(
+        &mut self,
+        stream: Resource<DynInputStream>,
+    ) -> wasmtime::Result<Resource<DynPollable>> {
+        sync_streams::HostInputStream::subscribe(&mut *self.table, stream)
     }
 }

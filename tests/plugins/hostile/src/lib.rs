@@ -140,6 +140,38 @@ impl Hostile {
                 }
                 Ok(Value::Text("waited".into()))
             }
+            "stream-hang" => {
+                // A socket to the test's listener, which never writes: a raw
+                // `blocking-read` on it waits until the host ends it.
+                use wasi::sockets::network::{IpAddressFamily, IpSocketAddress, Ipv4SocketAddress};
+                let port: u16 = std::env::var("HANG_PORT")
+                    .map_err(|e| denied("HANG_PORT", &e))?
+                    .parse()
+                    .map_err(|e| denied("HANG_PORT", &e))?;
+                let network = wasi::sockets::instance_network::instance_network();
+                let socket =
+                    wasi::sockets::tcp_create_socket::create_tcp_socket(IpAddressFamily::Ipv4)
+                        .map_err(|e| denied("socket", &format!("{e:?}")))?;
+                let to = IpSocketAddress::Ipv4(Ipv4SocketAddress {
+                    port,
+                    address: (127, 0, 0, 1),
+                });
+                socket
+                    .start_connect(&network, to)
+                    .map_err(|e| denied("connect", &format!("{e:?}")))?;
+                let (input, _output) = loop {
+                    match socket.finish_connect() {
+                        Err(wasi::sockets::network::ErrorCode::WouldBlock) => {
+                            socket.subscribe().block()
+                        }
+                        other => break other.map_err(|e| denied("connect", &format!("{e:?}")))?,
+                    }
+                };
+                let read = input
+                    .blocking_read(1)
+                    .map_err(|e| denied("read", &format!("{e:?}")))?;
+                Ok(Value::Text(format!("read {} bytes", read.len())))
+            }
             "sleep-long" => {
                 // One long sleep: past any time limit unless the host ends it.
                 std::thread::sleep(std::time::Duration::from_secs(60));
