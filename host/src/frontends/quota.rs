@@ -92,7 +92,10 @@ impl Bucket {
     /// How long until `n` requests may go (zero if they may now).
     fn time_until(&mut self, n: f64) -> Duration {
         self.refill();
-        Duration::from_secs_f64(((n - self.tokens) / self.rate).max(0.0))
+        // A rate the file accepts (any number above 0) may be so small that the wait
+        // overflows a Duration: then it is forever, not a panic.
+        Duration::try_from_secs_f64(((n - self.tokens) / self.rate).max(0.0))
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -352,5 +355,9 @@ mod tests {
         assert!(paced >= Duration::from_millis(490), "{paced:?}");
         // Below one request a second, one line still goes at a time.
         assert_eq!(Pacer::new(0.5).burst(), 1);
+        // A rate too small for a Duration waits forever instead of panicking.
+        let mut bucket = Bucket::new(1e-300);
+        bucket.tokens = 0.0;
+        assert_eq!(bucket.time_until(1.0), Duration::MAX);
     }
 }
