@@ -53,11 +53,12 @@ def make_plugins(work):
     return plugins
 
 
-def start(binary, plugins, work, workers):
+def start(binary, plugins, work, workers, extra):
     command = [str(binary), "serve", "--plugins", str(plugins), "--port", "0", "--no-grpc",
                "--no-watch", "--cache-dir", str(work / "cache")]
     if workers:
         command += ["--workers", str(workers)]
+    command += extra
     server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     for line in server.stderr:
         match = re.search(r" on http://(\S+)$", line.strip())
@@ -115,7 +116,7 @@ def heavy_load(address, done, stop):
 
 
 def scenario(binary, plugins, work, workers, light, heavy, args):
-    server, address = start(binary, plugins, work, workers)
+    server, address = start(binary, plugins, work, workers, args.serve_arg)
     try:
         # Warm both (instances start, models load) before measuring.
         connection = http.client.HTTPConnection(*address.rsplit(":", 1))
@@ -168,6 +169,10 @@ def main():
     parser.add_argument("--rate", type=float, default=100.0, help="light requests a second")
     parser.add_argument("--heavy-connections", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--serve-arg", action="append", default=[],
+                        help="one more argument for `runinfer serve` (repeat), e.g. --serve-arg=--handler-nice=0")
+    parser.add_argument("--fair-only", action="store_true",
+                        help="skip the runs without host-wide slots (--workers 256)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="runinfer-tenants-"))
     plugins = make_plugins(work)
@@ -179,6 +184,8 @@ def main():
         (f"both, fair scheduler (--workers {cores}, the default)", 0, True, True),
         ("both, no host-wide slots (--workers 256: the OS shares the cores)", 256, True, True),
     ]
+    if args.fair_only:
+        scenarios = [s for s in scenarios if s[1] != 256]
     results = {name: [] for name, *_ in scenarios}
     for rep in range(args.reps):
         for name, workers, light, heavy in scenarios:

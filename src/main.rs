@@ -17,7 +17,7 @@ use clap::{Args, Parser, Subcommand};
 use run::RunArgs;
 use runinfer::compile::CompileCache;
 use runinfer::model::{BackendKind, OnnxruntimeConfig};
-use runinfer::{Host, HostConfig, PoolingLimits};
+use runinfer::{HandlerPriority, Host, HostConfig, PoolingLimits};
 use serve::ServeArgs;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -91,6 +91,11 @@ pub(crate) struct CommonArgs {
     /// between tenants by weighted fair queuing [default: the number of cores]
     #[arg(long, value_name = "N")]
     pub(crate) workers: Option<usize>,
+    /// OS priority of the threads that run handlers: normal, a nice value 1-19, or
+    /// idle (Linux SCHED_IDLE: handlers give way at once to the host's own threads
+    /// and to the other processes of the server's cgroup or session)
+    #[arg(long, default_value_t = HandlerPriority::Normal, value_name = "PRIORITY")]
+    pub(crate) handler_priority: HandlerPriority,
     /// Where remote models (s3://, gs://, az://, http(s)://) are cached, shared by
     /// plugins and restarts [default: models/ in the compile cache directory]
     #[arg(long, env = "RUNINFER_MODEL_CACHE", value_name = "DIR")]
@@ -148,6 +153,7 @@ impl CommonArgs {
         });
         config.default_backend = self.backend;
         config.workers = self.workers.unwrap_or(0);
+        config.handler_priority = self.handler_priority;
         config.onnxruntime = onnxruntime;
         if let Some(dir) = self
             .model_cache_dir

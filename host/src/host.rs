@@ -8,7 +8,7 @@ use crate::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
 use crate::plugin::compile::CompileCache;
 use crate::sandbox::bindings::Handler;
 use crate::sandbox::instance::InstanceState;
-use crate::schedule::Scheduler;
+use crate::schedule::{HandlerPriority, Scheduler};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +42,9 @@ pub struct HostConfig {
     /// Handler calls running at once across all plugins (core slots shared fairly
     /// between tenants); 0: one per core.
     pub workers: usize,
+    /// OS priority of the threads that run handlers, below the host's own threads
+    /// if set (see [`HandlerPriority`]).
+    pub handler_priority: HandlerPriority,
 }
 
 /// Sizes of the pooling allocator, set explicitly (the pool reserves address space
@@ -77,6 +80,7 @@ impl Default for HostConfig {
             onnxruntime: OnnxruntimeConfig::default(),
             model_store: StoreConfig::default(),
             workers: 0,
+            handler_priority: HandlerPriority::Normal,
         }
     }
 }
@@ -223,7 +227,8 @@ impl Host {
             if let Some(engine) = kick.upgrade() {
                 engine.increment_epoch();
             }
-        });
+        })
+        .with_handler_priority(config.handler_priority);
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,

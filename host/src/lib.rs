@@ -72,3 +72,4 @@ pub use plugin::compile;
 pub use error::{ErrorCode, InferenceError, PluginError};
 pub use host::{Host, HostConfig, PoolingLimits};
 pub use plugin::Plugin;
+pub use schedule::HandlerPriority;

@@ -17,6 +17,7 @@ use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::instance::{
     HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv,
 };
+use crate::schedule::SlotTicket;
 use crate::untrusted;
 use crate::value::Value;
 use compile::CompileReport;
@@ -504,6 +505,11 @@ impl Plugin {
         Ok(instance)
     }
 
+    /// The host's core-slot scheduler, which every call of this plugin goes through.
+    pub(crate) fn scheduler(&self) -> &Arc<crate::schedule::Scheduler> {
+        self.host.scheduler()
+    }
+
     /// A new instance of the base model set: instantiate, `init`, `load-model`.
     pub fn instantiate(&self) -> Result<HandlerInstance, PluginError> {
         self.start_instance(self.base_set().env.clone())
@@ -563,8 +569,26 @@ impl Plugin {
         batch: Vec<Value>,
         args: &[(String, String)],
     ) -> Result<Inferences, InferenceError> {
+        self.run_batch_asked(set, batch, args, None)
+    }
+
+    /// Asks the host's scheduler for a core slot for a call of this plugin that a
+    /// worker thread will run next ([`crate::schedule::Scheduler::ask`]).
+    pub(crate) fn ask_slot(&self) -> SlotTicket {
+        self.host.scheduler().ask(self.tenant(), self.name())
+    }
+
+    /// [`Plugin::run_batch`], whose first call takes the slot of `ticket` if one was
+    /// asked for ahead.
+    pub(crate) fn run_batch_asked(
+        &self,
+        set: &ModelSet,
+        batch: Vec<Value>,
+        args: &[(String, String)],
+        mut ticket: Option<SlotTicket>,
+    ) -> Result<Inferences, InferenceError> {
         let Some(groups) = shape_groups(&batch) else {
-            return self.run_call(set, batch, args);
+            return self.run_call(set, batch, args, ticket);
         };
         let mut slots: Vec<Option<Value>> = batch.into_iter().map(Some).collect();
         let mut values: Vec<Option<Result<Value, InferenceError>>> =
@@ -575,7 +599,7 @@ impl Plugin {
                 .iter()
                 .map(|&i| slots[i].take().expect("each index is in one group"))
                 .collect();
-            let done = self.run_call(set, call, args)?;
+            let done = self.run_call(set, call, args, ticket.take())?;
             model_ids.extend(done.model_ids);
             for (i, value) in group.into_iter().zip(done.values) {
                 values[i] = Some(value);
@@ -597,10 +621,14 @@ impl Plugin {
         set: &ModelSet,
         batch: Vec<Value>,
         args: &[(String, String)],
+        ticket: Option<SlotTicket>,
     ) -> Result<Inferences, InferenceError> {
         let tenant = self.tenant();
         // The core slot first: starting an instance is work on a core too.
-        let slot = self.host.scheduler().acquire(tenant, self.name());
+        let slot = match ticket {
+            Some(ticket) => ticket.wait(),
+            None => self.host.scheduler().acquire(tenant, self.name()),
+        };
         let idle = set.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut instance = match idle {
             Some(instance) => instance,

@@ -29,6 +29,8 @@ pub struct Scheduler {
     /// Makes every running call offer its slot now instead of at its next tick
     /// (the host advances the engine's epoch).
     kick: Box<dyn Fn() + Send + Sync>,
+    /// The OS priority of handler threads (see [`Scheduler::enter_handler_thread`]).
+    handler_priority: HandlerPriority,
 }
 
 #[derive(Default)]
@@ -89,8 +91,8 @@ struct Waiter {
     plugin: Arc<str>,
     /// Woken (unparked) when granted: only the granted thread wakes, not every
     /// waiter — on a busy host the woken waiters would take CPU from the calls
-    /// running.
-    thread: Thread,
+    /// running. `None` for a [`SlotTicket`] no thread waits on yet.
+    thread: Option<Thread>,
 }
 
 /// A core slot held by one call; given back when dropped.
@@ -129,7 +131,21 @@ impl Scheduler {
                 ..State::default()
             }),
             kick: Box::new(kick),
+            handler_priority: HandlerPriority::Normal,
         })
+    }
+
+    /// Handler threads will run at `priority` (see [`HandlerPriority`]).
+    pub fn with_handler_priority(mut self: Arc<Self>, priority: HandlerPriority) -> Arc<Self> {
+        if let Some(me) = Arc::get_mut(&mut self) {
+            me.handler_priority = priority;
+        }
+        self
+    }
+
+    /// Called by a thread that will run handler calls, when it starts.
+    pub fn enter_handler_thread(&self) {
+        self.handler_priority.enter();
     }
 
     /// How many calls may run at once.
@@ -198,9 +214,22 @@ impl Scheduler {
     /// granted; returns the id it holds its slot under.
     fn wait_in_line<'a>(
         &'a self,
+        state: MutexGuard<'a, State>,
+        tenant: &Arc<str>,
+        plugin: &Arc<str>,
+    ) -> (MutexGuard<'a, State>, u64) {
+        let (state, id) = self.join_line(state, tenant, plugin, Some(std::thread::current()));
+        (self.wait_for_grant(state, id), id)
+    }
+
+    /// Joins the line (woken as `thread` when granted, or not woken: a [`SlotTicket`]
+    /// that no thread waits on yet) and hands out what is free; returns the id.
+    fn join_line<'a>(
+        &'a self,
         mut state: MutexGuard<'a, State>,
         tenant: &Arc<str>,
         plugin: &Arc<str>,
+        thread: Option<Thread>,
     ) -> (MutexGuard<'a, State>, u64) {
         let id = state.next_id;
         state.next_id += 1;
@@ -209,7 +238,7 @@ impl Scheduler {
             id,
             tenant: tenant.clone(),
             plugin: plugin.clone(),
-            thread: std::thread::current(),
+            thread,
         });
         state.grant();
         // A call that comes before one running now (its tenant is behind on its
@@ -222,14 +251,207 @@ impl Scheduler {
                 (self.kick)();
             }
         }
+        (state, id)
+    }
+
+    /// Parks the calling thread until call `id`, in line, is granted.
+    fn wait_for_grant<'a>(
+        &'a self,
+        mut state: MutexGuard<'a, State>,
+        id: u64,
+    ) -> MutexGuard<'a, State> {
         while !state.granted.remove(&id) {
             drop(state);
             // `unpark` before `park` is not lost; a spurious wake-up loops.
             std::thread::park();
             state = self.lock();
         }
-        (state, id)
+        state
     }
+
+    /// Asks for a slot for a call of `plugin`, of `tenant`, that a thread will run
+    /// soon, without blocking: the call joins the line now, and running calls it
+    /// should overtake give their slots up now. [`SlotTicket::wait`] on the thread that
+    /// runs the call then takes the slot. Asked for where the batch is formed (on
+    /// the host's own threads), so that a light tenant's call does not first wait
+    /// for its worker thread to get a core that a heavy tenant's handlers hold.
+    pub fn ask(self: &Arc<Self>, tenant: &str, plugin: &str) -> SlotTicket {
+        let asked = Instant::now();
+        let mut state = self.lock();
+        let tenant = state.intern(tenant);
+        let plugin: Arc<str> = Arc::from(plugin);
+        let (state, id) = self.join_line(state, &tenant, &plugin, None);
+        drop(state);
+        SlotTicket {
+            scheduler: self.clone(),
+            id,
+            tenant,
+            plugin,
+            asked,
+            taken: false,
+        }
+    }
+}
+
+/// A call's place in line for a slot, asked for ahead of the call
+/// ([`Scheduler::ask`]). Dropped without [`SlotTicket::wait`], it leaves the line, or
+/// gives back the slot it was granted.
+pub struct SlotTicket {
+    scheduler: Arc<Scheduler>,
+    id: u64,
+    tenant: Arc<str>,
+    plugin: Arc<str>,
+    asked: Instant,
+    taken: bool,
+}
+
+impl SlotTicket {
+    /// Waits (blocking the calling thread) until the slot is granted.
+    pub fn wait(mut self) -> Slot {
+        self.taken = true;
+        let scheduler = self.scheduler.clone();
+        let mut state = scheduler.lock();
+        if !state.granted.contains(&self.id) {
+            let me = std::thread::current();
+            if let Some(waiter) = state.waiting.iter_mut().find(|w| w.id == self.id) {
+                waiter.thread = Some(me);
+            }
+        }
+        let state = scheduler.wait_for_grant(state, self.id);
+        drop(state);
+        Slot {
+            scheduler,
+            id: self.id,
+            tenant: self.tenant.clone(),
+            plugin: self.plugin.clone(),
+            waited: self.asked.elapsed(),
+            held: true,
+        }
+    }
+}
+
+impl Drop for SlotTicket {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let mut state = self.scheduler.lock();
+        if state.granted.remove(&self.id) {
+            state.release(self.id);
+            state.grant();
+        } else if let Some(at) = state.waiting.iter().position(|w| w.id == self.id) {
+            state.waiting.swap_remove(at);
+            let entry = state.tenants.entry(self.tenant.clone()).or_default();
+            entry.waiting = entry.waiting.saturating_sub(1);
+            if let Some(share) = entry.plugins.get_mut(&self.plugin) {
+                share.active = share.active.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// The OS priority of the threads that run handlers, against the host's own threads
+/// (the async runtime reading requests, forming batches, writing answers). The core
+/// slots keep handlers to one call per core, but those threads, the worker a new call
+/// wakes, and on a shared machine the clients share the same cores: at one priority
+/// the OS lets a running handler finish its time slice (milliseconds) before they get
+/// a core, so a light tenant's request can wait behind a heavy tenant's computation
+/// before it can even ask for a slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HandlerPriority {
+    /// The host's own priority.
+    #[default]
+    Normal,
+    /// A nice value, 1-19.
+    Nice(u8),
+    /// Linux `SCHED_IDLE`: a handler runs only when no other thread of its group
+    /// (its cgroup, or session under autogroup) is ready, and gives way at once
+    /// when one wakes. Other groups on the machine still share with it as before.
+    Idle,
+}
+
+impl std::str::FromStr for HandlerPriority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "normal" | "0" => Ok(HandlerPriority::Normal),
+            "idle" => Ok(HandlerPriority::Idle),
+            _ => match text.parse::<u8>() {
+                Ok(nice @ 1..=19) => Ok(HandlerPriority::Nice(nice)),
+                _ => Err(format!(
+                    "`{text}` is not a handler priority: normal, idle, or a nice value 1-19"
+                )),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerPriority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerPriority::Normal => f.write_str("normal"),
+            HandlerPriority::Nice(nice) => write!(f, "{nice}"),
+            HandlerPriority::Idle => f.write_str("idle"),
+        }
+    }
+}
+
+impl HandlerPriority {
+    /// Applies this priority to the calling thread, once, when it starts: only ever
+    /// lowered, since an unprivileged thread cannot raise its priority again.
+    /// Failure leaves the priority as it was.
+    pub fn enter(self) {
+        let result = match self {
+            HandlerPriority::Normal => return,
+            HandlerPriority::Nice(nice) => set_thread_nice(i32::from(nice)),
+            HandlerPriority::Idle => set_thread_idle(),
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, priority = %self, "cannot lower a handler thread's priority");
+        }
+    }
+}
+
+/// Linux: `setpriority` on a thread id applies to that thread alone.
+#[cfg(target_os = "linux")]
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain system calls on the calling thread's own id.
+    let result = unsafe {
+        let tid = libc::gettid() as libc::id_t;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        libc::setpriority(libc::PRIO_PROCESS, tid, current.max(nice))
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Linux: `sched_setscheduler` with pid 0 applies to the calling thread alone.
+#[cfg(target_os = "linux")]
+fn set_thread_idle() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: a system call on the calling thread, with a valid parameter.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Elsewhere `setpriority` would apply to the whole process.
+#[cfg(not(target_os = "linux"))]
+fn set_thread_nice(_nice: i32) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "per-thread priorities are set on Linux only",
+    ))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_thread_idle() -> std::io::Result<()> {
+    set_thread_nice(0)
 }
 
 impl State {
@@ -331,7 +553,9 @@ impl State {
                     since: Instant::now(),
                 },
             );
-            waiter.thread.unpark();
+            if let Some(thread) = waiter.thread {
+                thread.unpark();
+            }
         }
     }
 
@@ -634,5 +858,117 @@ mod tests {
         assert_eq!(scheduler.usage()[0].1.running, 1);
         drop(slot);
         assert_eq!(scheduler.usage()[0].1.running, 0);
+    }
+
+    #[test]
+    fn a_ticket_asked_ahead_makes_a_running_call_give_way_before_its_thread_comes() {
+        let kicks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = kicks.clone();
+        let scheduler = Scheduler::new(1, move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let usage = |tenant: &str| {
+            let all = scheduler.usage();
+            all.iter().find(|(t, _)| t == tenant).map(|(_, u)| *u)
+        };
+        let mut heavy = scheduler.acquire("heavy", "h");
+        std::thread::sleep(Duration::from_millis(5));
+        // The light tenant has used nothing: asked for ahead, its call overtakes the
+        // running one at once (a kick), with no thread of its own waiting yet.
+        let ticket = scheduler.ask("light", "l");
+        assert_eq!(kicks.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(usage("light").map(|u| u.waiting), Some(1));
+        std::thread::scope(|scope| {
+            // The running call, at its kick, gives the slot up to the ticket and
+            // waits in line; the ticket's thread then takes the slot without waiting.
+            let rotated = scope.spawn(|| {
+                heavy.rotate();
+                heavy
+            });
+            while usage("light").map(|u| u.running) != Some(1) {
+                std::thread::yield_now();
+            }
+            let light = ticket.wait();
+            assert_eq!(usage("heavy").map(|u| u.waiting), Some(1));
+            drop(light);
+            let heavy = rotated.join().expect("no panic");
+            assert_eq!(usage("heavy").map(|u| u.running), Some(1));
+            drop(heavy);
+        });
+        assert_eq!(scheduler.lock().free, 1);
+    }
+
+    #[test]
+    fn a_ticket_dropped_leaves_the_line_or_gives_its_slot_back() {
+        let scheduler = Scheduler::new(1, || {});
+        let usage = |tenant: &str| {
+            let all = scheduler.usage();
+            all.iter().find(|(t, _)| t == tenant).map(|(_, u)| *u)
+        };
+        // Granted at once (the slot is free), never taken: the slot comes back.
+        let granted = scheduler.ask("a", "p");
+        assert_eq!(usage("a").map(|u| u.running), Some(1));
+        drop(granted);
+        assert_eq!(usage("a").map(|u| u.running), Some(0));
+        assert_eq!(scheduler.lock().free, 1);
+        // In line behind a running call, dropped: it leaves the line, and the slot
+        // given back later is not handed to it.
+        let running = scheduler.acquire("b", "q");
+        let waiting = scheduler.ask("a", "p");
+        assert_eq!(usage("a").map(|u| u.waiting), Some(1));
+        drop(waiting);
+        assert_eq!(usage("a").map(|u| u.waiting), Some(0));
+        drop(running);
+        let state = scheduler.lock();
+        assert_eq!(state.free, 1);
+        assert!(state.waiting.is_empty() && state.granted.is_empty() && state.holders.is_empty());
+    }
+
+    #[test]
+    fn handler_priorities_read_as_the_cli_writes_them() {
+        for (text, priority) in [
+            ("normal", HandlerPriority::Normal),
+            ("0", HandlerPriority::Normal),
+            ("idle", HandlerPriority::Idle),
+            ("10", HandlerPriority::Nice(10)),
+            ("19", HandlerPriority::Nice(19)),
+        ] {
+            assert_eq!(text.parse::<HandlerPriority>(), Ok(priority));
+        }
+        for bad in ["20", "-5", "high", ""] {
+            let error = bad.parse::<HandlerPriority>().unwrap_err();
+            assert!(
+                error.contains("normal, idle, or a nice value 1-19"),
+                "{error}"
+            );
+        }
+        assert_eq!(
+            HandlerPriority::Nice(7).to_string().parse(),
+            Ok(HandlerPriority::Nice(7))
+        );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_handler_thread_takes_its_priority_and_the_others_keep_theirs() {
+        let policy = || unsafe { libc::sched_getscheduler(0) };
+        let nice =
+            || unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+        let before = (policy(), nice());
+        let (idle, niced) = std::thread::scope(|scope| {
+            let idle = scope.spawn(|| {
+                HandlerPriority::Idle.enter();
+                policy()
+            });
+            let niced = scope.spawn(|| {
+                HandlerPriority::Nice(7).enter();
+                nice()
+            });
+            (idle.join().unwrap(), niced.join().unwrap())
+        });
+        assert_eq!(idle, libc::SCHED_IDLE);
+        assert_eq!(niced, before.1.max(7));
+        // Per thread, not the process: this thread is as it was.
+        assert_eq!((policy(), nice()), before);
     }
 }

@@ -11,6 +11,7 @@ use crate::error::{ErrorCode, InferenceError};
 pub use crate::pipeline::batch::BatchPolicy;
 use crate::pipeline::batch::{BatchSizer, Queued, next_batch};
 use crate::plugin::{Plugin, Route};
+use crate::schedule::SlotTicket;
 use crate::value::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -254,6 +255,9 @@ struct Work {
     route: Route,
     batch: Vec<Queued<Job>>,
     sizer: Arc<Mutex<BatchSizer>>,
+    /// The core slot asked for when the batch was formed, if a worker was free to
+    /// take it at once (see [`batcher`]).
+    ticket: Option<SlotTicket>,
     /// Released when the batch is done, letting the batcher form another.
     _permit: OwnedSemaphorePermit,
 }
@@ -282,9 +286,11 @@ impl Dispatcher {
         for i in 0..instances {
             let inbox = inbox.clone();
             let context = context.clone();
+            let scheduler = plugin.scheduler().clone();
             std::thread::Builder::new()
                 .name(format!("runinfer-{}-{i}", plugin.name()))
                 .spawn(move || {
+                    scheduler.enter_handler_thread();
                     // Ends when the dispatcher and its batchers are gone.
                     loop {
                         let next = inbox.lock().unwrap_or_else(|e| e.into_inner()).recv();
@@ -447,6 +453,7 @@ impl Dispatcher {
                     rx,
                     self.options.policy,
                     self.permits.clone(),
+                    self.options.instances.max(1),
                     self.work.clone(),
                     self.plugin.clone(),
                 ));
@@ -480,6 +487,7 @@ async fn batcher(
     mut rx: mpsc::Receiver<Queued<Job>>,
     policy: BatchPolicy,
     permits: Arc<Semaphore>,
+    workers: usize,
     work: std::sync::mpsc::Sender<Work>,
     plugin: Arc<Plugin>,
 ) {
@@ -501,10 +509,22 @@ async fn batcher(
                 break batch;
             }
         };
+        // The core slot is asked for here, on the host's threads, when a worker is
+        // free (no more batches formed than workers): the call joins the fair
+        // line now, and a heavier tenant's running calls give a slot up while the
+        // worker wakes. Asked for later, on the worker, a light tenant's call would
+        // first wait for its worker to get a core from those very calls. When every
+        // worker is busy the batch waits for one, and a slot granted now would
+        // stand unused: the worker asks then.
+        // (`workers * 2` permits: with this batch's taken, `workers` or more left
+        // means no more batches are formed than there are workers.)
+        let worker_free = permits.available_permits() >= workers;
+        let ticket = worker_free.then(|| plugin.ask_slot());
         let item = Work {
             route,
             batch,
             sizer: sizer.clone(),
+            ticket,
             _permit: permit,
         };
         if let Err(std::sync::mpsc::SendError(item)) = work.send(item) {
@@ -543,6 +563,7 @@ impl WorkerContext {
             route,
             mut batch,
             sizer,
+            ticket,
             _permit,
         } = work;
         let metrics = self.plugin.metrics();
@@ -566,7 +587,7 @@ impl WorkerContext {
         let outcome = match self.plugin.model_set(route) {
             Ok(set) => self
                 .plugin
-                .run_batch(&set, values, &self.args)
+                .run_batch_asked(&set, values, &self.args, ticket)
                 .map(|inferences| (inferences, set.model_id().to_string()))
                 .map_err(|e| (e, set.model_id().to_string())),
             Err(e) => Err((

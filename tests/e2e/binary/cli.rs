@@ -139,6 +139,115 @@ fn run_waits_for_its_tenants_request_rate() {
     );
 }
 
+/// The scheduling policy and nice value of each thread of a process, by thread name.
+#[cfg(target_os = "linux")]
+fn thread_priorities(pid: u32) -> Vec<(String, i64, i64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap();
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        // Fields after the command's closing parenthesis start at field 3 (state);
+        // nice is field 19 and policy field 41.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        threads.push((
+            comm.trim().to_string(),
+            fields[16].parse().unwrap(),
+            fields[38].parse().unwrap(),
+        ));
+    }
+    threads
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn handler_threads_run_at_the_handler_priority_and_the_rest_do_not() {
+    use std::io::{BufRead, Write};
+    const SCHED_OTHER: i64 = 0;
+    const SCHED_IDLE: i64 = 5;
+    for (flag, policy, nice) in [("idle", SCHED_IDLE, None), ("12", SCHED_OTHER, Some(12))] {
+        let mut child = runinfer()
+            .args([
+                "run",
+                "iris",
+                "-q",
+                "--instances",
+                "2",
+                "--handler-priority",
+                flag,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdin.write_all(b"[5.1, 3.5, 1.4, 0.2]\n").unwrap();
+        stdin.flush().unwrap();
+        // One prediction back: the handler threads have started and run.
+        let mut answer = String::new();
+        assert!(
+            stdout.read_line(&mut answer).unwrap() > 0,
+            "runinfer exited"
+        );
+        assert!(answer.contains("setosa"), "{answer}");
+        let threads = thread_priorities(child.id());
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
+        let handlers: Vec<_> = threads
+            .iter()
+            .filter(|(name, ..)| name.starts_with("runinfer-iris"))
+            .collect();
+        assert_eq!(handlers.len(), 2, "{threads:?}");
+        for (name, thread_nice, thread_policy) in &handlers {
+            assert_eq!(*thread_policy, policy, "{name}: {threads:?}");
+            if let Some(nice) = nice {
+                assert!(*thread_nice >= nice, "{name}: {threads:?}");
+            }
+        }
+        // The host's own threads (main, the reader, the async runtime) keep theirs,
+        // as inherited from this test.
+        let inherited = thread_priorities(std::process::id())
+            .into_iter()
+            .map(|(_, nice, _)| nice)
+            .min()
+            .unwrap();
+        let others: Vec<_> = threads
+            .iter()
+            .filter(|(name, ..)| !name.starts_with("runinfer-iris"))
+            .collect();
+        assert!(!others.is_empty());
+        for (name, thread_nice, thread_policy) in others {
+            assert_eq!(
+                (*thread_policy, *thread_nice),
+                (SCHED_OTHER, inherited),
+                "{name}: {threads:?}"
+            );
+        }
+    }
+    let out = runinfer()
+        .args([
+            "run",
+            "iris",
+            "examples/iris.jsonl",
+            "--handler-priority",
+            "25",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("normal, idle, or a nice value 1-19"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn list_and_inspect_describe_the_bundled_plugins() {
     // The Rust plugins, which `cargo build` builds (the other languages' plugins are
