@@ -6,7 +6,7 @@ use runinfer::Plugin;
 use runinfer::dispatch::Dispatcher;
 use runinfer::manifest::BatchingConfig;
 use runinfer::quota::Quotas;
-use runinfer::run::{RunOptions, RunSummary, dispatch_options, run_async, run_watched};
+use runinfer::run::{RunOptions, RunSummary, run_async, run_dispatch_options, run_watched};
 use runinfer::watch::PluginRoot;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
@@ -123,7 +123,7 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
     let (plugin, summary) = if args.watch {
         let run_options = options.clone();
         let plugins = PluginRoot::open(host.clone(), &root, move |p| {
-            dispatch_options(p, &run_options)
+            run_dispatch_options(p, &run_options)
         });
         let _watch = plugins
             .watch(
@@ -153,7 +153,8 @@ pub(crate) fn run(args: RunArgs) -> Result<std::process::ExitCode> {
         let plugin = Arc::new(host.load_plugin_named(&root, &args.plugin)?);
         options.tenant_quota = quotas.quota(plugin.tenant()).cloned();
         let summary = runtime.block_on(async {
-            let dispatcher = Dispatcher::new(plugin.clone(), dispatch_options(&plugin, &options))?;
+            let dispatcher =
+                Dispatcher::new(plugin.clone(), run_dispatch_options(&plugin, &options))?;
             run_async(
                 &dispatcher,
                 input,

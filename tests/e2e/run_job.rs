@@ -195,3 +195,48 @@ fn inference_args_reach_the_handler() {
     let out = run(&plugin, b"\"echo-args\"\n", &options);
     assert_eq!(out.predictions[0]["inference"], "temperature=0.5");
 }
+
+#[test]
+fn batches_formed_ahead_never_hold_the_core_slots_a_waiting_worker_needs() {
+    // A run forms batches ahead of its workers, and a batch formed while a worker is
+    // free asks for its core slot at once. Were such a batch queued behind one whose
+    // worker waits for a slot, the slots it holds could never be used nor given back.
+    // Batches of 1 on few slots make every order of the two kinds of batch happen.
+    let lines: Vec<u8> = (0..3000)
+        .flat_map(|i| format!("[{}.1, 3.5, 1.4, 0.2]\n", 4 + i % 4).into_bytes())
+        .collect();
+    for (slots, instances) in [(1, 1), (2, 1), (1, 3), (2, 3)] {
+        let host = runinfer::Host::new({
+            let mut config = runinfer::HostConfig::default();
+            config.compile_cache = Some(runinfer::compile::CompileCache::new(
+                root().join("target").join("test-compile-cache"),
+            ));
+            config.workers = slots;
+            config
+        })
+        .unwrap();
+        let plugin = bundled(&host, "iris");
+        let mut options = size_only(1);
+        options.instances = Some(instances);
+        let (done, finished) = std::sync::mpsc::channel();
+        let input = lines.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(run(&plugin, &input, &options));
+        });
+        let out = finished
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|_| {
+                panic!("{slots} slots, {instances} instances: the job did not end in 120 s")
+            });
+        assert_eq!(
+            out.predictions.len(),
+            3000,
+            "{slots} slots, {instances} instances"
+        );
+        assert!(
+            out.dead_letters.is_empty(),
+            "{:?}",
+            out.dead_letters.first()
+        );
+    }
+}

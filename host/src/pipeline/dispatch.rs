@@ -144,9 +144,19 @@ pub struct DispatchOptions {
     pub queue_capacity: usize,
     /// Beam's `inference_args`, passed to every `run-inference` call.
     pub inference_args: Vec<(String, String)>,
+    /// Batches formed ahead per instance, waiting for a worker while it runs one.
+    /// Serving keeps 1: a batch formed when a worker frees up takes in what arrived
+    /// meanwhile. A bulk job, whose queue is always full, forms more, so that the
+    /// batcher wakes once for several batches instead of once for each.
+    pub batches_ahead: usize,
 }
 
 impl DispatchOptions {
+    /// Most batches formed at once: running, and waiting for a worker.
+    fn batches_formed(&self) -> usize {
+        self.instances.max(1) * (1 + self.batches_ahead.max(1))
+    }
+
     /// Options with no inference args: batches formed by `policy`, at most
     /// `instances` at once, `queue_capacity` examples queued per model set.
     pub fn new(policy: BatchPolicy, instances: usize, queue_capacity: usize) -> Self {
@@ -155,6 +165,7 @@ impl DispatchOptions {
             instances,
             queue_capacity,
             inference_args: Vec::new(),
+            batches_ahead: 1,
         }
     }
 }
@@ -302,7 +313,7 @@ impl Dispatcher {
                 })?;
         }
         Ok(Arc::new(Dispatcher {
-            permits: Arc::new(Semaphore::new(instances * 2)),
+            permits: Arc::new(Semaphore::new(options.batches_formed())),
             plugin,
             options,
             queues: Mutex::new(HashMap::new()),
@@ -350,7 +361,7 @@ impl Dispatcher {
             .sum();
         Load {
             queued,
-            batches: self.options.instances.max(1) * 2 - self.permits.available_permits(),
+            batches: self.options.batches_formed() - self.permits.available_permits(),
         }
     }
 
@@ -451,9 +462,8 @@ impl Dispatcher {
                 tokio::spawn(batcher(
                     route,
                     rx,
-                    self.options.policy,
+                    Shape::of(&self.options),
                     self.permits.clone(),
-                    self.options.instances.max(1),
                     self.work.clone(),
                     self.plugin.clone(),
                 ));
@@ -479,18 +489,42 @@ pub struct QueueFull {
     pub capacity: usize,
 }
 
+/// What a batcher needs of the dispatcher's options.
+#[derive(Clone, Copy)]
+struct Shape {
+    policy: BatchPolicy,
+    /// Batches formed at once at most (the permits).
+    most_formed: usize,
+    /// Worker threads.
+    workers: usize,
+}
+
+impl Shape {
+    fn of(options: &DispatchOptions) -> Shape {
+        Shape {
+            policy: options.policy,
+            most_formed: options.batches_formed(),
+            workers: options.instances.max(1),
+        }
+    }
+}
+
 /// Forms batches for one model set and hands each to the worker threads; a batch is
 /// formed when a worker slot frees up, so examples that arrive meanwhile make the
 /// next batch larger.
 async fn batcher(
     route: Route,
     mut rx: mpsc::Receiver<Queued<Job>>,
-    policy: BatchPolicy,
+    shape: Shape,
     permits: Arc<Semaphore>,
-    workers: usize,
     work: std::sync::mpsc::Sender<Work>,
     plugin: Arc<Plugin>,
 ) {
+    let Shape {
+        policy,
+        most_formed,
+        workers,
+    } = shape;
     let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -516,9 +550,10 @@ async fn batcher(
         // first wait for its worker to get a core from those very calls. When every
         // worker is busy the batch waits for one, and a slot granted now would
         // stand unused: the worker asks then.
-        // (`workers * 2` permits: with this batch's taken, `workers` or more left
-        // means no more batches are formed than there are workers.)
-        let worker_free = permits.available_permits() >= workers;
+        // Never more tickets than workers: a worker waiting on a ticket not yet
+        // granted must not keep a granted one from the worker that would use it.
+        let formed = most_formed - permits.available_permits();
+        let worker_free = formed <= workers;
         let ticket = worker_free.then(|| plugin.ask_slot());
         let item = Work {
             route,
