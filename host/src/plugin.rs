@@ -17,7 +17,6 @@ use crate::sandbox::bindings::HandlerPre;
 use crate::sandbox::instance::{
     HandlerInfo, HandlerInstance, Inferences, InstanceState, PluginEnv,
 };
-use crate::schedule::SlotTicket;
 use crate::untrusted;
 use crate::value::Value;
 use compile::CompileReport;
@@ -569,26 +568,8 @@ impl Plugin {
         batch: Vec<Value>,
         args: &[(String, String)],
     ) -> Result<Inferences, InferenceError> {
-        self.run_batch_asked(set, batch, args, None)
-    }
-
-    /// Asks the host's scheduler for a core slot for a call of this plugin that a
-    /// worker thread will run next ([`crate::schedule::Scheduler::ask`]).
-    pub(crate) fn ask_slot(&self) -> SlotTicket {
-        self.host.scheduler().ask(self.tenant(), self.name())
-    }
-
-    /// [`Plugin::run_batch`], whose first call takes the slot of `ticket` if one was
-    /// asked for ahead.
-    pub(crate) fn run_batch_asked(
-        &self,
-        set: &ModelSet,
-        batch: Vec<Value>,
-        args: &[(String, String)],
-        mut ticket: Option<SlotTicket>,
-    ) -> Result<Inferences, InferenceError> {
         let Some(groups) = shape_groups(&batch) else {
-            return self.run_call(set, batch, args, ticket);
+            return self.run_call(set, batch, args);
         };
         let mut slots: Vec<Option<Value>> = batch.into_iter().map(Some).collect();
         let mut values: Vec<Option<Result<Value, InferenceError>>> =
@@ -599,7 +580,7 @@ impl Plugin {
                 .iter()
                 .map(|&i| slots[i].take().expect("each index is in one group"))
                 .collect();
-            let done = self.run_call(set, call, args, ticket.take())?;
+            let done = self.run_call(set, call, args)?;
             model_ids.extend(done.model_ids);
             for (i, value) in group.into_iter().zip(done.values) {
                 values[i] = Some(value);
@@ -621,14 +602,10 @@ impl Plugin {
         set: &ModelSet,
         batch: Vec<Value>,
         args: &[(String, String)],
-        ticket: Option<SlotTicket>,
     ) -> Result<Inferences, InferenceError> {
         let tenant = self.tenant();
         // The core slot first: starting an instance is work on a core too.
-        let slot = match ticket {
-            Some(ticket) => ticket.wait(),
-            None => self.host.scheduler().acquire(tenant, self.name()),
-        };
+        let slot = self.host.scheduler().acquire(tenant, self.name());
         let idle = set.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut instance = match idle {
             Some(instance) => instance,

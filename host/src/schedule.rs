@@ -91,8 +91,8 @@ struct Waiter {
     plugin: Arc<str>,
     /// Woken (unparked) when granted: only the granted thread wakes, not every
     /// waiter — on a busy host the woken waiters would take CPU from the calls
-    /// running. `None` for a [`SlotTicket`] no thread waits on yet.
-    thread: Option<Thread>,
+    /// running.
+    thread: Thread,
 }
 
 /// A core slot held by one call; given back when dropped.
@@ -214,22 +214,9 @@ impl Scheduler {
     /// granted; returns the id it holds its slot under.
     fn wait_in_line<'a>(
         &'a self,
-        state: MutexGuard<'a, State>,
-        tenant: &Arc<str>,
-        plugin: &Arc<str>,
-    ) -> (MutexGuard<'a, State>, u64) {
-        let (state, id) = self.join_line(state, tenant, plugin, Some(std::thread::current()));
-        (self.wait_for_grant(state, id), id)
-    }
-
-    /// Joins the line (woken as `thread` when granted, or not woken: a [`SlotTicket`]
-    /// that no thread waits on yet) and hands out what is free; returns the id.
-    fn join_line<'a>(
-        &'a self,
         mut state: MutexGuard<'a, State>,
         tenant: &Arc<str>,
         plugin: &Arc<str>,
-        thread: Option<Thread>,
     ) -> (MutexGuard<'a, State>, u64) {
         let id = state.next_id;
         state.next_id += 1;
@@ -238,7 +225,7 @@ impl Scheduler {
             id,
             tenant: tenant.clone(),
             plugin: plugin.clone(),
-            thread,
+            thread: std::thread::current(),
         });
         state.grant();
         // A call that comes before one running now (its tenant is behind on its
@@ -251,102 +238,13 @@ impl Scheduler {
                 (self.kick)();
             }
         }
-        (state, id)
-    }
-
-    /// Parks the calling thread until call `id`, in line, is granted.
-    fn wait_for_grant<'a>(
-        &'a self,
-        mut state: MutexGuard<'a, State>,
-        id: u64,
-    ) -> MutexGuard<'a, State> {
         while !state.granted.remove(&id) {
             drop(state);
             // `unpark` before `park` is not lost; a spurious wake-up loops.
             std::thread::park();
             state = self.lock();
         }
-        state
-    }
-
-    /// Asks for a slot for a call of `plugin`, of `tenant`, that a thread will run
-    /// soon, without blocking: the call joins the line now, and running calls it
-    /// should overtake give their slots up now. [`SlotTicket::wait`] on the thread that
-    /// runs the call then takes the slot. Asked for where the batch is formed (on
-    /// the host's own threads), so that a light tenant's call does not first wait
-    /// for its worker thread to get a core that a heavy tenant's handlers hold.
-    pub fn ask(self: &Arc<Self>, tenant: &str, plugin: &str) -> SlotTicket {
-        let asked = Instant::now();
-        let mut state = self.lock();
-        let tenant = state.intern(tenant);
-        let plugin: Arc<str> = Arc::from(plugin);
-        let (state, id) = self.join_line(state, &tenant, &plugin, None);
-        drop(state);
-        SlotTicket {
-            scheduler: self.clone(),
-            id,
-            tenant,
-            plugin,
-            asked,
-            taken: false,
-        }
-    }
-}
-
-/// A call's place in line for a slot, asked for ahead of the call
-/// ([`Scheduler::ask`]). Dropped without [`SlotTicket::wait`], it leaves the line, or
-/// gives back the slot it was granted.
-pub struct SlotTicket {
-    scheduler: Arc<Scheduler>,
-    id: u64,
-    tenant: Arc<str>,
-    plugin: Arc<str>,
-    asked: Instant,
-    taken: bool,
-}
-
-impl SlotTicket {
-    /// Waits (blocking the calling thread) until the slot is granted.
-    pub fn wait(mut self) -> Slot {
-        self.taken = true;
-        let scheduler = self.scheduler.clone();
-        let mut state = scheduler.lock();
-        if !state.granted.contains(&self.id) {
-            let me = std::thread::current();
-            if let Some(waiter) = state.waiting.iter_mut().find(|w| w.id == self.id) {
-                waiter.thread = Some(me);
-            }
-        }
-        let state = scheduler.wait_for_grant(state, self.id);
-        drop(state);
-        Slot {
-            scheduler,
-            id: self.id,
-            tenant: self.tenant.clone(),
-            plugin: self.plugin.clone(),
-            waited: self.asked.elapsed(),
-            held: true,
-        }
-    }
-}
-
-impl Drop for SlotTicket {
-    fn drop(&mut self) {
-        if self.taken {
-            return;
-        }
-        let mut state = self.scheduler.lock();
-        if state.granted.remove(&self.id) {
-            state.release(self.id);
-            state.grant();
-        } else if let Some(at) = state.waiting.iter().position(|w| w.id == self.id) {
-            state.waiting.swap_remove(at);
-            let entry = state.tenants.entry(self.tenant.clone()).or_default();
-            entry.waiting = entry.waiting.saturating_sub(1);
-            if let Some(share) = entry.plugins.get_mut(&self.plugin) {
-                share.active = share.active.saturating_sub(1);
-            }
-        }
+        (state, id)
     }
 }
 
@@ -553,9 +451,7 @@ impl State {
                     since: Instant::now(),
                 },
             );
-            if let Some(thread) = waiter.thread {
-                thread.unpark();
-            }
+            waiter.thread.unpark();
         }
     }
 
@@ -858,70 +754,6 @@ mod tests {
         assert_eq!(scheduler.usage()[0].1.running, 1);
         drop(slot);
         assert_eq!(scheduler.usage()[0].1.running, 0);
-    }
-
-    #[test]
-    fn a_ticket_asked_ahead_makes_a_running_call_give_way_before_its_thread_comes() {
-        let kicks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counted = kicks.clone();
-        let scheduler = Scheduler::new(1, move || {
-            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
-        let usage = |tenant: &str| {
-            let all = scheduler.usage();
-            all.iter().find(|(t, _)| t == tenant).map(|(_, u)| *u)
-        };
-        let mut heavy = scheduler.acquire("heavy", "h");
-        std::thread::sleep(Duration::from_millis(5));
-        // The light tenant has used nothing: asked for ahead, its call overtakes the
-        // running one at once (a kick), with no thread of its own waiting yet.
-        let ticket = scheduler.ask("light", "l");
-        assert_eq!(kicks.load(std::sync::atomic::Ordering::SeqCst), 1);
-        assert_eq!(usage("light").map(|u| u.waiting), Some(1));
-        std::thread::scope(|scope| {
-            // The running call, at its kick, gives the slot up to the ticket and
-            // waits in line; the ticket's thread then takes the slot without waiting.
-            let rotated = scope.spawn(|| {
-                heavy.rotate();
-                heavy
-            });
-            while usage("light").map(|u| u.running) != Some(1) {
-                std::thread::yield_now();
-            }
-            let light = ticket.wait();
-            assert_eq!(usage("heavy").map(|u| u.waiting), Some(1));
-            drop(light);
-            let heavy = rotated.join().expect("no panic");
-            assert_eq!(usage("heavy").map(|u| u.running), Some(1));
-            drop(heavy);
-        });
-        assert_eq!(scheduler.lock().free, 1);
-    }
-
-    #[test]
-    fn a_ticket_dropped_leaves_the_line_or_gives_its_slot_back() {
-        let scheduler = Scheduler::new(1, || {});
-        let usage = |tenant: &str| {
-            let all = scheduler.usage();
-            all.iter().find(|(t, _)| t == tenant).map(|(_, u)| *u)
-        };
-        // Granted at once (the slot is free), never taken: the slot comes back.
-        let granted = scheduler.ask("a", "p");
-        assert_eq!(usage("a").map(|u| u.running), Some(1));
-        drop(granted);
-        assert_eq!(usage("a").map(|u| u.running), Some(0));
-        assert_eq!(scheduler.lock().free, 1);
-        // In line behind a running call, dropped: it leaves the line, and the slot
-        // given back later is not handed to it.
-        let running = scheduler.acquire("b", "q");
-        let waiting = scheduler.ask("a", "p");
-        assert_eq!(usage("a").map(|u| u.waiting), Some(1));
-        drop(waiting);
-        assert_eq!(usage("a").map(|u| u.waiting), Some(0));
-        drop(running);
-        let state = scheduler.lock();
-        assert_eq!(state.free, 1);
-        assert!(state.waiting.is_empty() && state.granted.is_empty() && state.holders.is_empty());
     }
 
     #[test]

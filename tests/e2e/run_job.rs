@@ -197,11 +197,11 @@ fn inference_args_reach_the_handler() {
 }
 
 #[test]
-fn batches_formed_ahead_never_hold_the_core_slots_a_waiting_worker_needs() {
-    // A run forms batches ahead of its workers, and a batch formed while a worker is
-    // free asks for its core slot at once. Were such a batch queued behind one whose
-    // worker waits for a slot, the slots it holds could never be used nor given back.
-    // Batches of 1 on few slots make every order of the two kinds of batch happen.
+fn a_run_with_batches_formed_ahead_ends_on_few_core_slots() {
+    // A run forms batches ahead of its workers; batches of 1 on fewer core slots than
+    // workers, or as many, must all end (a slot reserved for a batch queued behind a
+    // worker waiting for one would never be used nor given back: an earlier design
+    // that reserved slots where batches form hung here).
     let lines: Vec<u8> = (0..3000)
         .flat_map(|i| format!("[{}.1, 3.5, 1.4, 0.2]\n", 4 + i % 4).into_bytes())
         .collect();

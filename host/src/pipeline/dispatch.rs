@@ -11,7 +11,6 @@ use crate::error::{ErrorCode, InferenceError};
 pub use crate::pipeline::batch::BatchPolicy;
 use crate::pipeline::batch::{BatchSizer, Queued, next_batch};
 use crate::plugin::{Plugin, Route};
-use crate::schedule::SlotTicket;
 use crate::value::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,9 +265,6 @@ struct Work {
     route: Route,
     batch: Vec<Queued<Job>>,
     sizer: Arc<Mutex<BatchSizer>>,
-    /// The core slot asked for when the batch was formed, if a worker was free to
-    /// take it at once (see [`batcher`]).
-    ticket: Option<SlotTicket>,
     /// Released when the batch is done, letting the batcher form another.
     _permit: OwnedSemaphorePermit,
 }
@@ -462,7 +458,7 @@ impl Dispatcher {
                 tokio::spawn(batcher(
                     route,
                     rx,
-                    Shape::of(&self.options),
+                    self.options.policy,
                     self.permits.clone(),
                     self.work.clone(),
                     self.plugin.clone(),
@@ -489,42 +485,17 @@ pub struct QueueFull {
     pub capacity: usize,
 }
 
-/// What a batcher needs of the dispatcher's options.
-#[derive(Clone, Copy)]
-struct Shape {
-    policy: BatchPolicy,
-    /// Batches formed at once at most (the permits).
-    most_formed: usize,
-    /// Worker threads.
-    workers: usize,
-}
-
-impl Shape {
-    fn of(options: &DispatchOptions) -> Shape {
-        Shape {
-            policy: options.policy,
-            most_formed: options.batches_formed(),
-            workers: options.instances.max(1),
-        }
-    }
-}
-
 /// Forms batches for one model set and hands each to the worker threads; a batch is
 /// formed when a worker slot frees up, so examples that arrive meanwhile make the
 /// next batch larger.
 async fn batcher(
     route: Route,
     mut rx: mpsc::Receiver<Queued<Job>>,
-    shape: Shape,
+    policy: BatchPolicy,
     permits: Arc<Semaphore>,
     work: std::sync::mpsc::Sender<Work>,
     plugin: Arc<Plugin>,
 ) {
-    let Shape {
-        policy,
-        most_formed,
-        workers,
-    } = shape;
     let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -543,23 +514,10 @@ async fn batcher(
                 break batch;
             }
         };
-        // The core slot is asked for here, on the host's threads, when a worker is
-        // free (no more batches formed than workers): the call joins the fair
-        // line now, and a heavier tenant's running calls give a slot up while the
-        // worker wakes. Asked for later, on the worker, a light tenant's call would
-        // first wait for its worker to get a core from those very calls. When every
-        // worker is busy the batch waits for one, and a slot granted now would
-        // stand unused: the worker asks then.
-        // Never more tickets than workers: a worker waiting on a ticket not yet
-        // granted must not keep a granted one from the worker that would use it.
-        let formed = most_formed - permits.available_permits();
-        let worker_free = formed <= workers;
-        let ticket = worker_free.then(|| plugin.ask_slot());
         let item = Work {
             route,
             batch,
             sizer: sizer.clone(),
-            ticket,
             _permit: permit,
         };
         if let Err(std::sync::mpsc::SendError(item)) = work.send(item) {
@@ -598,7 +556,6 @@ impl WorkerContext {
             route,
             mut batch,
             sizer,
-            ticket,
             _permit,
         } = work;
         let metrics = self.plugin.metrics();
@@ -622,7 +579,7 @@ impl WorkerContext {
         let outcome = match self.plugin.model_set(route) {
             Ok(set) => self
                 .plugin
-                .run_batch_asked(&set, values, &self.args, ticket)
+                .run_batch(&set, values, &self.args)
                 .map(|inferences| (inferences, set.model_id().to_string()))
                 .map_err(|e| (e, set.model_id().to_string())),
             Err(e) => Err((
