@@ -170,7 +170,7 @@ def main():
     parser.add_argument("--heavy-connections", type=int, default=32)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--serve-arg", action="append", default=[],
-                        help="one more argument for `runinfer serve` (repeat), e.g. --serve-arg=--handler-nice=0")
+                        help="one more argument for `runinfer serve` (repeat), e.g. --serve-arg=--handler-priority=idle")
     parser.add_argument("--fair-only", action="store_true",
                         help="skip the runs without host-wide slots (--workers 256)")
     args = parser.parse_args()

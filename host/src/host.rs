@@ -227,8 +227,7 @@ impl Host {
             if let Some(engine) = kick.upgrade() {
                 engine.increment_epoch();
             }
-        })
-        .with_handler_priority(config.handler_priority);
+        });
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,

@@ -504,9 +504,9 @@ impl Plugin {
         Ok(instance)
     }
 
-    /// The host's core-slot scheduler, which every call of this plugin goes through.
-    pub(crate) fn scheduler(&self) -> &Arc<crate::schedule::Scheduler> {
-        self.host.scheduler()
+    /// The OS priority its handler threads take when they start (the host's).
+    pub(crate) fn handler_priority(&self) -> crate::schedule::HandlerPriority {
+        self.host.inner().config.handler_priority
     }
 
     /// A new instance of the base model set: instantiate, `init`, `load-model`.

@@ -29,8 +29,6 @@ pub struct Scheduler {
     /// Makes every running call offer its slot now instead of at its next tick
     /// (the host advances the engine's epoch).
     kick: Box<dyn Fn() + Send + Sync>,
-    /// The OS priority of handler threads (see [`Scheduler::enter_handler_thread`]).
-    handler_priority: HandlerPriority,
 }
 
 #[derive(Default)]
@@ -131,21 +129,7 @@ impl Scheduler {
                 ..State::default()
             }),
             kick: Box::new(kick),
-            handler_priority: HandlerPriority::Normal,
         })
-    }
-
-    /// Handler threads will run at `priority` (see [`HandlerPriority`]).
-    pub fn with_handler_priority(mut self: Arc<Self>, priority: HandlerPriority) -> Arc<Self> {
-        if let Some(me) = Arc::get_mut(&mut self) {
-            me.handler_priority = priority;
-        }
-        self
-    }
-
-    /// Called by a thread that will run handler calls, when it starts.
-    pub fn enter_handler_thread(&self) {
-        self.handler_priority.enter();
     }
 
     /// How many calls may run at once.

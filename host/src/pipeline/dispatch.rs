@@ -293,11 +293,11 @@ impl Dispatcher {
         for i in 0..instances {
             let inbox = inbox.clone();
             let context = context.clone();
-            let scheduler = plugin.scheduler().clone();
+            let priority = plugin.handler_priority();
             std::thread::Builder::new()
                 .name(format!("runinfer-{}-{i}", plugin.name()))
                 .spawn(move || {
-                    scheduler.enter_handler_thread();
+                    priority.enter();
                     // Ends when the dispatcher and its batchers are gone.
                     loop {
                         let next = inbox.lock().unwrap_or_else(|e| e.into_inner()).recv();

@@ -8,6 +8,24 @@ fn root_dir_plugin(name: &str) -> PathBuf {
     root().join("plugins").join(name)
 }
 
+/// Sends one line to a streaming `runinfer run` and returns the line it answers.
+fn ask_over_pipes(
+    stdin: &mut std::process::ChildStdin,
+    stdout: &mut std::io::BufReader<std::process::ChildStdout>,
+    line: &[u8],
+) -> String {
+    use std::io::{BufRead, Write};
+    stdin.write_all(line).unwrap();
+    stdin.write_all(b"\n").unwrap();
+    stdin.flush().unwrap();
+    let mut answer = String::new();
+    assert!(
+        stdout.read_line(&mut answer).unwrap() > 0,
+        "runinfer exited"
+    );
+    answer
+}
+
 fn golden_labels() -> Vec<String> {
     std::fs::read_to_string(root().join("tests/golden/iris.jsonl"))
         .unwrap()
@@ -167,7 +185,6 @@ fn thread_priorities(pid: u32) -> Vec<(String, i64, i64)> {
 #[cfg(target_os = "linux")]
 #[test]
 fn handler_threads_run_at_the_handler_priority_and_the_rest_do_not() {
-    use std::io::{BufRead, Write};
     const SCHED_OTHER: i64 = 0;
     const SCHED_IDLE: i64 = 5;
     for (flag, policy, nice) in [("idle", SCHED_IDLE, None), ("12", SCHED_OTHER, Some(12))] {
@@ -187,14 +204,8 @@ fn handler_threads_run_at_the_handler_priority_and_the_rest_do_not() {
             .unwrap();
         let mut stdin = child.stdin.take().unwrap();
         let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        stdin.write_all(b"[5.1, 3.5, 1.4, 0.2]\n").unwrap();
-        stdin.flush().unwrap();
         // One prediction back: the handler threads have started and run.
-        let mut answer = String::new();
-        assert!(
-            stdout.read_line(&mut answer).unwrap() > 0,
-            "runinfer exited"
-        );
+        let answer = ask_over_pipes(&mut stdin, &mut stdout, b"[5.1, 3.5, 1.4, 0.2]");
         assert!(answer.contains("setosa"), "{answer}");
         let threads = thread_priorities(child.id());
         drop(stdin);
@@ -417,7 +428,6 @@ fn metrics_out_and_failure_ratio_exit_code() {
 
 #[test]
 fn run_watch_swaps_in_a_new_model_while_stdin_streams() {
-    use std::io::Write;
     let plugins = tempfile::tempdir().unwrap();
     let dir = plugins.path().join("mlp");
     std::fs::create_dir_all(dir.join("models")).unwrap();
@@ -457,14 +467,7 @@ fn run_watch_swaps_in_a_new_model_while_stdin_streams() {
     let mut stdin = child.stdin.take().unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut ask = || {
-        use std::io::BufRead;
-        stdin.write_all(b"[[1,2,3],[4,5,6]]\n").unwrap();
-        stdin.flush().unwrap();
-        let mut answer = String::new();
-        assert!(
-            stdout.read_line(&mut answer).unwrap() > 0,
-            "runinfer exited"
-        );
+        let answer = ask_over_pipes(&mut stdin, &mut stdout, b"[[1,2,3],[4,5,6]]");
         serde_json::from_str::<serde_json::Value>(&answer).unwrap()["model_id"]
             .as_str()
             .unwrap()
