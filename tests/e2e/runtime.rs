@@ -232,6 +232,61 @@ fn per_key_models_with_lru_eviction() {
 }
 
 #[test]
+fn model_sets_with_full_queues_share_the_batch_slots_of_a_run() {
+    // Three model sets (keys) of one plugin share its batches formed ahead; a bulk
+    // job's batcher takes several of those slots at once when its queue is full.
+    // Batches of 1 over long runs of each key: every line must end, on its key's model.
+    let host = host();
+    let dir = keyed_plugin();
+    let plugin = load(&host, dir.path());
+    let sets = [
+        (None, read_jsonl("tests/golden/tiny_mlp.jsonl"), "tiny_mlp"),
+        (
+            Some(json!("v2")),
+            read_jsonl("tests/golden/tiny_mlp_v2.jsonl"),
+            "tiny_mlp_v2",
+        ),
+        (
+            Some(json!("v3")),
+            read_jsonl("tests/golden/tiny_mlp_v3.jsonl"),
+            "tiny_mlp_v3",
+        ),
+    ];
+    // Runs of 400 lines per key (more than a chunk, fewer than a queue), 3600 lines.
+    let order: Vec<(usize, usize)> = (0..3600).map(|i| ((i / 400) % 3, i % 64)).collect();
+    let lines: Vec<Value> = order
+        .iter()
+        .map(|&(set, row)| {
+            let example = sets[set].1[row]["example"].clone();
+            match &sets[set].0 {
+                Some(key) => json!({"key": key, "example": example}),
+                None => example,
+            }
+        })
+        .collect();
+    let mut options = size_only(1);
+    options.instances = Some(2);
+    let out = run(&plugin, &to_input(&lines), &options);
+    assert!(
+        out.dead_letters.is_empty(),
+        "{:?}",
+        out.dead_letters.first()
+    );
+    assert_eq!(out.predictions.len(), 3600);
+    for (p, &(set, row)) in out.predictions.iter().zip(&order) {
+        let (_, golden, file) = &sets[set];
+        assert_all_close(&p["inference"], &golden[row]["logits"], 1e-5, file);
+        assert!(
+            p["model_id"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("models/{file}.onnx@")),
+            "{p}"
+        );
+    }
+}
+
+#[test]
 fn metrics_have_exact_values_after_a_known_run() {
     let host = host();
     let dir = scratch_plugin(

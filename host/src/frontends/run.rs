@@ -96,8 +96,10 @@ enum Chunk {
 /// formed early is as large as one formed late; with one ahead (serving's choice) the
 /// batcher and the worker woke each other once a batch: at batch size 1, iris ran
 /// 35-39 k lines/s with 1, 63-67 k with 4 or 16 (`runinfer run iris`, 200 000
-/// lines, 1 instance; batch 32 unchanged at ~505 k).
-const RUN_BATCHES_AHEAD: usize = 4;
+/// lines, 1 instance; batch 32 unchanged at ~505 k). With 16, the batcher forms 8
+/// at a time (`DispatchOptions::batches_ahead`): see bench/RESULTS.md, "Fewer
+/// wake-ups in `run`".
+const RUN_BATCHES_AHEAD: usize = 16;
 
 /// The dispatcher options for `plugin` with `options`' overrides, as serving uses
 /// them (see [`run_dispatch_options`]).
@@ -128,7 +130,7 @@ pub fn dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOption
     }
 }
 
-/// [`dispatch_options`] for a bulk job: four batches formed ahead per instance.
+/// [`dispatch_options`] for a bulk job: 16 batches formed ahead per instance.
 /// (Serving keeps one: a batch formed when a worker frees up takes in the requests
 /// that arrived meanwhile.)
 pub fn run_dispatch_options(plugin: &Plugin, options: &RunOptions) -> DispatchOptions {
@@ -428,7 +430,7 @@ impl Reader {
                     return;
                 }
                 if let Ok(dispatcher) = &current {
-                    dispatcher.submit_blocking(queued, answers);
+                    dispatcher.submit_blocking(runtime, queued, answers);
                 }
             }
             if let Some(e) = failed {

@@ -4,8 +4,11 @@
 //! one message on its stream. Both feed the same dispatcher.
 //!
 //! Batches run on `instances` dedicated worker threads (wasm calls are synchronous).
-//! Up to two batches per worker may be formed ahead, so a worker finds its next batch
-//! waiting instead of being woken for it.
+//! Batches are formed ahead (serving one per worker, `run` more), so a worker finds its
+//! next batch waiting instead of being woken for it. A bulk job also wakes its threads
+//! once per several batches: the reader waits for room for a whole chunk, a batcher
+//! with a full queue forms several batches in one go, and a worker holds a stream's
+//! answers while it has more batches to run.
 
 use crate::error::{ErrorCode, InferenceError};
 pub use crate::pipeline::batch::BatchPolicy;
@@ -14,7 +17,8 @@ use crate::plugin::{Plugin, Route};
 use crate::value::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::TryRecvError;
+use std::sync::{Arc, Mutex, TryLockError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -96,29 +100,72 @@ impl Answer {
     }
 }
 
-/// Sends the results of a batch: each serving example on its own channel, a stream's
-/// examples in one message per stream.
+/// Sends the results of a batch at once: each serving example on its own channel, a
+/// stream's examples in one message per stream.
 fn answer_all(answers: impl IntoIterator<Item = (Answer, Result<Output, Failure>)>) {
-    let mut streams: Vec<(mpsc::UnboundedSender<Answers>, Answers)> = Vec::new();
-    for (answer, result) in answers {
-        match answer {
-            Answer::One(reply) => {
-                let _ = reply.send(result);
-            }
-            Answer::Stream(mut ticket) => {
-                let Some(to) = ticket.to.take() else { continue };
-                match streams
-                    .iter_mut()
-                    .find(|(stream, _)| stream.same_channel(&to))
-                {
-                    Some((_, answers)) => answers.push((ticket.index, result)),
-                    None => streams.push((to, vec![(ticket.index, result)])),
+    let mut held = HeldAnswers::default();
+    held.answer(answers);
+    held.send();
+}
+
+/// A worker's answers to streams (`run`), held while it has more batches to run, so
+/// that the stream's writer wakes once for several batches instead of once for each.
+/// Serving answers are never held.
+#[derive(Default)]
+struct HeldAnswers {
+    streams: Vec<(mpsc::UnboundedSender<Answers>, Answers)>,
+    rows: usize,
+}
+
+/// Stream answers a worker holds at most before it sends them.
+const MAX_HELD_ANSWERS: usize = 256;
+
+impl HeldAnswers {
+    /// Sends each serving answer, holds each stream answer.
+    fn answer(&mut self, answers: impl IntoIterator<Item = (Answer, Result<Output, Failure>)>) {
+        for (answer, result) in answers {
+            match answer {
+                Answer::One(reply) => {
+                    let _ = reply.send(result);
+                }
+                Answer::Stream(mut ticket) => {
+                    let Some(to) = ticket.to.take() else { continue };
+                    self.rows += 1;
+                    match self
+                        .streams
+                        .iter_mut()
+                        .find(|(stream, _)| stream.same_channel(&to))
+                    {
+                        Some((_, answers)) => answers.push((ticket.index, result)),
+                        None => self.streams.push((to, vec![(ticket.index, result)])),
+                    }
                 }
             }
         }
     }
-    for (to, answers) in streams {
-        let _ = to.send(answers);
+
+    /// True when enough is held that it should go now.
+    fn full(&self) -> bool {
+        self.rows >= MAX_HELD_ANSWERS
+    }
+
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Sends what is held, one message per stream.
+    fn send(&mut self) {
+        for (to, answers) in self.streams.drain(..) {
+            let _ = to.send(answers);
+        }
+        self.rows = 0;
+    }
+}
+
+impl Drop for HeldAnswers {
+    /// A worker that ends (or unwinds) still sends what it held: no line is lost.
+    fn drop(&mut self) {
+        self.send();
     }
 }
 
@@ -154,6 +201,12 @@ impl DispatchOptions {
     /// Most batches formed at once: running, and waiting for a worker.
     fn batches_formed(&self) -> usize {
         self.instances.max(1) * (1 + self.batches_ahead.max(1))
+    }
+
+    /// Batches a batcher with a full queue forms in one go: half of those formed
+    /// ahead (serving's one: a batch at a time).
+    fn batch_group(&self) -> usize {
+        self.batches_ahead.div_ceil(2).max(1)
     }
 
     /// Options with no inference args: batches formed by `policy`, at most
@@ -298,12 +351,35 @@ impl Dispatcher {
                 .name(format!("runinfer-{}-{i}", plugin.name()))
                 .spawn(move || {
                     priority.enter();
+                    let mut held = HeldAnswers::default();
                     // Ends when the dispatcher and its batchers are gone.
                     loop {
-                        let next = inbox.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let next = if held.is_empty() {
+                            let inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+                            inbox.recv().map_err(|_| TryRecvError::Disconnected)
+                        } else {
+                            // Never wait for the inbox while holding answers: another
+                            // worker may be waiting in it for work that only comes
+                            // once those answers are written.
+                            match inbox.try_lock() {
+                                Ok(inbox) => inbox.try_recv(),
+                                Err(TryLockError::Poisoned(e)) => e.into_inner().try_recv(),
+                                Err(TryLockError::WouldBlock) => Err(TryRecvError::Empty),
+                            }
+                        };
                         match next {
-                            Ok(work) => context.execute(work),
-                            Err(_) => return,
+                            Ok(work) => {
+                                context.execute(work, &mut held);
+                                if held.full() {
+                                    held.send();
+                                }
+                            }
+                            // Nothing more to run now: what is held goes.
+                            Err(TryRecvError::Empty) => held.send(),
+                            Err(TryRecvError::Disconnected) => {
+                                held.send();
+                                return;
+                            }
                         }
                     }
                 })?;
@@ -381,33 +457,46 @@ impl Dispatcher {
     /// async runtime, waiting while their queue is full. Each is `(key, example,
     /// index)`; its result is sent to `answers` under its index, together with its
     /// batch-mates' results.
+    ///
+    /// `runtime` is the dispatcher's: this thread waits on it for room in the queue,
+    /// once for each run of examples of one model set (not once per example, which
+    /// would wake it for every example a batch takes out).
     pub fn submit_blocking(
         self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
         examples: Vec<(Option<serde_json::Value>, Value, u64)>,
         answers: &mpsc::UnboundedSender<Answers>,
     ) {
-        let mut queue: Option<(Route, mpsc::Sender<Queued<Job>>)> = None;
         // One clock read for the chunk: they were read together.
         let queued_at = Instant::now();
-        for (key, value, index) in examples {
+        let mut examples = examples.into_iter().peekable();
+        while let Some((key, value, index)) = examples.next() {
             let route = self.plugin.route(key.as_ref());
-            let sender = match &queue {
-                Some((current, sender)) if *current == route => sender,
-                _ => &queue.insert((route, self.queue(route))).1,
-            };
-            let job = Job {
-                value,
-                answer: Answer::Stream(Ticket {
-                    to: Some(answers.clone()),
-                    index,
-                }),
-            };
-            let job = Queued {
-                item: job,
+            let mut run = vec![(value, index)];
+            let sender = self.queue(route);
+            while run.len() < sender.max_capacity()
+                && let Some((_, value, index)) =
+                    examples.next_if(|(key, _, _)| self.plugin.route(key.as_ref()) == route)
+            {
+                run.push((value, index));
+            }
+            let jobs = run.into_iter().map(|(value, index)| Queued {
+                item: Job {
+                    value,
+                    answer: Answer::Stream(Ticket {
+                        to: Some(answers.clone()),
+                        index,
+                    }),
+                },
                 queued_at,
-            };
-            if let Err(mpsc::error::SendError(job)) = sender.blocking_send(job) {
-                answer_all([(job.item.answer, Err(queue_closed()))]);
+            });
+            match runtime.block_on(sender.reserve_many(jobs.len())) {
+                Ok(permits) => {
+                    for (permit, job) in permits.zip(jobs) {
+                        permit.send(job);
+                    }
+                }
+                Err(_) => answer_all(jobs.map(|job| (job.item.answer, Err(queue_closed())))),
             }
         }
     }
@@ -460,6 +549,7 @@ impl Dispatcher {
                     rx,
                     self.options.policy,
                     self.permits.clone(),
+                    self.options.batch_group(),
                     self.work.clone(),
                     self.plugin.clone(),
                 ));
@@ -493,13 +583,37 @@ async fn batcher(
     mut rx: mpsc::Receiver<Queued<Job>>,
     policy: BatchPolicy,
     permits: Arc<Semaphore>,
+    batch_group: usize,
     work: std::sync::mpsc::Sender<Work>,
     plugin: Arc<Plugin>,
 ) {
     let sizer = Arc::new(Mutex::new(BatchSizer::new(policy)));
+    // Permits taken together and not used yet.
+    let mut spare: Option<OwnedSemaphorePermit> = None;
     loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
+        let permit = match spare.take() {
+            Some(mut several) if several.num_permits() > 1 => {
+                let one = several.split(1).expect("more than one permit");
+                spare = Some(several);
+                one
+            }
+            Some(last) => last,
+            None => {
+                // A full queue (a bulk job) waits until several batches can be
+                // formed, so that it wakes once for them instead of once each;
+                // otherwise a batch is formed as soon as a worker frees up.
+                let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
+                let group = if rx.len() >= target.saturating_mul(batch_group) {
+                    batch_group
+                } else {
+                    1
+                };
+                let Ok(permit) = permits.clone().acquire_many_owned(group as u32).await else {
+                    return;
+                };
+                spare = Some(permit);
+                continue;
+            }
         };
         let batch = loop {
             let target = sizer.lock().unwrap_or_else(|e| e.into_inner()).target();
@@ -550,8 +664,9 @@ fn fail_all(batch: Vec<Queued<Job>>, failure: &Failure) {
 }
 
 impl WorkerContext {
-    /// Runs one batch on this thread and answers every example of it.
-    fn execute(&self, work: Work) {
+    /// Runs one batch on this thread and answers every example of it (a stream's
+    /// answers go to `held`).
+    fn execute(&self, work: Work, held: &mut HeldAnswers) {
         let Work {
             route,
             mut batch,
@@ -606,7 +721,7 @@ impl WorkerContext {
                     .then(|| inferences.model_ids.join(",").into());
                 let done = Instant::now();
                 let timers = metrics.element_timers(&set_model_id);
-                answer_all(waiting.into_iter().zip(inferences.values).map(
+                held.answer(waiting.into_iter().zip(inferences.values).map(
                     |((queued_at, answer), value)| {
                         timers.record(started - queued_at, done - queued_at);
                         let result = match value {
@@ -631,12 +746,60 @@ impl WorkerContext {
                     error,
                     model_id: (!set_model_id.is_empty()).then(|| set_model_id.into()),
                 };
-                answer_all(
+                held.answer(
                     waiting
                         .into_iter()
                         .map(|(_, answer)| (answer, Err(failure.clone()))),
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream_answer(to: &mpsc::UnboundedSender<Answers>, index: u64) -> Answer {
+        Answer::Stream(Ticket {
+            to: Some(to.clone()),
+            index,
+        })
+    }
+
+    fn output() -> Result<Output, Failure> {
+        Ok(Output {
+            value: Value::Text("done".into()),
+            model_id: None,
+        })
+    }
+
+    #[test]
+    fn stream_answers_are_held_and_serving_answers_are_not() {
+        let (to, mut stream) = mpsc::unbounded_channel();
+        let (reply, mut one) = oneshot::channel();
+        let mut held = HeldAnswers::default();
+        held.answer([
+            (stream_answer(&to, 1), output()),
+            (Answer::One(reply), output()),
+            (stream_answer(&to, 2), output()),
+        ]);
+        assert!(one.try_recv().is_ok(), "a serving answer goes at once");
+        assert!(stream.try_recv().is_err(), "a stream's answers are held");
+        held.answer([(stream_answer(&to, 3), output())]);
+        held.send();
+        let sent: Vec<u64> = stream.try_recv().unwrap().iter().map(|a| a.0).collect();
+        assert_eq!(sent, [1, 2, 3], "one message for the stream, in order");
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn held_answers_are_sent_when_their_worker_ends() {
+        let (to, mut stream) = mpsc::unbounded_channel();
+        let mut held = HeldAnswers::default();
+        held.answer((0..MAX_HELD_ANSWERS as u64).map(|i| (stream_answer(&to, i), output())));
+        assert!(held.full());
+        drop(held);
+        assert_eq!(stream.try_recv().unwrap().len(), MAX_HELD_ANSWERS);
     }
 }
