@@ -119,6 +119,18 @@ fn keyed_plugin() -> tempfile::TempDir {
     )
 }
 
+/// `prediction` holds `logits` (within 1e-5) and came from `models/<file>.onnx`.
+fn assert_served_by(prediction: &Value, logits: &Value, file: &str) {
+    assert_all_close(&prediction["inference"], logits, 1e-5, file);
+    assert!(
+        prediction["model_id"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("models/{file}.onnx@")),
+        "{prediction}"
+    );
+}
+
 fn keyed_input(golden: &[Value], key: Option<Value>) -> Vec<u8> {
     let lines: Vec<Value> = golden
         .iter()
@@ -158,14 +170,7 @@ fn per_key_models_with_lru_eviction() {
             out.dead_letters
         );
         for (p, g) in out.predictions.iter().zip(expected) {
-            assert_all_close(&p["inference"], &g["logits"], 1e-5, file);
-            assert!(
-                p["model_id"]
-                    .as_str()
-                    .unwrap()
-                    .starts_with(&format!("models/{file}.onnx@")),
-                "{p}"
-            );
+            assert_served_by(p, &g["logits"], file);
         }
     };
     // Unkeyed lines and unmapped keys use [models].
@@ -275,14 +280,7 @@ fn model_sets_with_full_queues_share_the_batch_slots_of_a_run() {
     assert_eq!(out.predictions.len(), 3600);
     for (p, &(set, row)) in out.predictions.iter().zip(&order) {
         let (_, golden, file) = &sets[set];
-        assert_all_close(&p["inference"], &golden[row]["logits"], 1e-5, file);
-        assert!(
-            p["model_id"]
-                .as_str()
-                .unwrap()
-                .starts_with(&format!("models/{file}.onnx@")),
-            "{p}"
-        );
+        assert_served_by(p, &golden[row]["logits"], file);
     }
 }
 

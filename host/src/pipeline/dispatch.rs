@@ -114,7 +114,6 @@ fn answer_all(answers: impl IntoIterator<Item = (Answer, Result<Output, Failure>
 #[derive(Default)]
 struct HeldAnswers {
     streams: Vec<(mpsc::UnboundedSender<Answers>, Answers)>,
-    rows: usize,
 }
 
 /// Stream answers a worker holds at most before it sends them.
@@ -130,7 +129,6 @@ impl HeldAnswers {
                 }
                 Answer::Stream(mut ticket) => {
                     let Some(to) = ticket.to.take() else { continue };
-                    self.rows += 1;
                     match self
                         .streams
                         .iter_mut()
@@ -146,7 +144,11 @@ impl HeldAnswers {
 
     /// True when enough is held that it should go now.
     fn full(&self) -> bool {
-        self.rows >= MAX_HELD_ANSWERS
+        self.streams
+            .iter()
+            .map(|(_, held)| held.len())
+            .sum::<usize>()
+            >= MAX_HELD_ANSWERS
     }
 
     fn is_empty(&self) -> bool {
@@ -158,7 +160,6 @@ impl HeldAnswers {
         for (to, answers) in self.streams.drain(..) {
             let _ = to.send(answers);
         }
-        self.rows = 0;
     }
 }
 
