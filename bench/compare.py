@@ -6,9 +6,10 @@ P2: one job both ways: read a JSONL file of examples, run the model, write predi
     (DirectRunner) against `runinfer run` with the generic onnx-tensor handler, on
     onnxruntime and on tract. Whole processes/pipelines, start-up included.
 P3: process start to first prediction, with an empty and with a warm compile cache.
-P6: peak RSS (getrusage's ru_maxrss, from a small parent) of `runinfer run` with 1, 4
-    and 16 instances of one plugin on MiniLM, and of `runinfer serve` with 1 and with 4
-    plugins granting the same model file.
+P6: peak and steady RSS of `runinfer run` with 1, 2 and 4 instances of one plugin on
+    MiniLM, all running at once (sampled from /proc), and peak RSS (getrusage's
+    ru_maxrss, from a small parent) of `runinfer serve` with 1 and with 4 plugins
+    granting the same model file.
 
 Prints Markdown.
 """
@@ -292,6 +293,23 @@ def peak_rss_mb(proc, report):
     return int(Path(report).read_text()) / 1024
 
 
+def sampled_rss_mb(command):
+    """Peak and steady RSS (MB) of a command, from /proc every 50 ms: steady is the median of the second half."""
+    proc = subprocess.Popen(list(map(str, command)), stderr=subprocess.DEVNULL)
+    samples = []
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            samples.append(int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024)
+        except (FileNotFoundError, AttributeError):
+            break
+        time.sleep(0.05)
+    assert proc.wait() == 0, proc.args
+    assert len(samples) >= 4, f"{command}: ended before it could be sampled"
+    second_half = samples[len(samples) // 2 :]
+    return max(samples), statistics.median(second_half)
+
+
 def serve_peak_rss(plugins, names, backend, cache, example, report):
     proc = measured(
         [RUNINFER, "serve", "--plugins", plugins, "--port", "0", "--backend", backend, "--cache-dir", cache,
@@ -329,37 +347,46 @@ def p6(args, work):
     data = DATA / f"{name}.jsonl"
     print("### P6: memory\n")
     print(
-        f"Peak RSS (getrusage ru_maxrss, from a small parent) of the whole process, MiniLM ({size:.0f} MB file), median of {args.reps}. "
-        "`run`: batches of 8, enough lines that every instance runs batches. `serve`: plugins each granting a copy "
-        "(hard link) of the same file, one request to each.\n"
+        f"MiniLM ({size:.0f} MB file), median of {args.reps}. `run`: batches of 8, 64 lines an instance, every instance "
+        "running at once (`--workers` = `--onnxruntime-sessions` = instances, so that each holds a session of its own "
+        "on onnxruntime); the process's RSS sampled every 50 ms: its peak, and **steady** = the median of the second half "
+        "of the run (the peak includes loading: reading the file, and each engine's parse of it). `serve`: peak RSS "
+        "(getrusage ru_maxrss, from a small parent), plugins each granting a copy (hard link) of the same file, one "
+        "request to each.\n"
     )
-    print("| process | engine | peak RSS MB |")
-    print("|---|---|---:|")
+    print("| process | engine | peak RSS MB | steady RSS MB | steady MB per added instance |")
+    print("|---|---|---:|---:|---:|")
     examples = [json.loads(line) for line in open(data)]
     report = Path(work) / "peak-rss"
     for backend in ["tract", "onnxruntime"]:
-        for instances in [1, 4, 16]:
+        alone = None
+        for instances in [1, 2, 4]:
             lines = Path(work) / f"p6-{instances}.jsonl"
             with open(lines, "w") as f:
-                for i in range(8 * instances * 2):
+                for i in range(64 * instances):
                     f.write(json.dumps(examples[i % len(examples)]) + "\n")
-            peaks = []
+            concurrency = ["--workers", str(instances), "--onnxruntime-sessions", str(instances)]
+            peaks, steadies = [], []
             for _ in range(args.reps):
-                proc = measured(
+                peak, steady = sampled_rss_mb(
                     [RUNINFER, "run", name, lines, "--plugins", plugins, "--backend", backend, "--cache-dir", cache,
-                     "--instances", str(instances), "--max-batch-size", "8", "--output", os.devnull],
-                    report,
-                    stderr=subprocess.DEVNULL,
+                     "--instances", str(instances), *concurrency, "--max-batch-size", "8", "--output", os.devnull]
                 )
-                peaks.append(peak_rss_mb(proc, report))
-            print(f"| `run`, {instances} instance{'s' if instances > 1 else ''} | {backend} | {statistics.median(peaks):.0f} |")
+                peaks.append(peak)
+                steadies.append(steady)
+            peak, steady = statistics.median(peaks), statistics.median(steadies)
+            alone = steady if alone is None else alone
+            added = "" if instances == 1 else f"{(steady - alone) / (instances - 1):.1f}"
+            print(
+                f"| `run`, {instances} instance{'s' if instances > 1 else ''} | {backend} | {peak:.0f} | {steady:.0f} | {added} |"
+            )
             sys.stdout.flush()
         for copies in [1, 4]:
             shared = plugin_root(work, [name], copies)
             names = [f"{name}-{c}" for c in range(copies)] if copies > 1 else [name]
             peaks = [serve_peak_rss(shared, names, backend, cache, examples[0], report) for _ in range(args.reps)]
             what = "1 plugin" if copies == 1 else f"{copies} plugins, one model file"
-            print(f"| `serve`, {what} | {backend} | {statistics.median(peaks):.0f} |")
+            print(f"| `serve`, {what} | {backend} | {statistics.median(peaks):.0f} | | |")
             sys.stdout.flush()
 
 

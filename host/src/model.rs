@@ -362,6 +362,7 @@ impl ModelRegistry {
 }
 
 mod external_data;
+mod initializers;
 mod onnxruntime;
 pub mod store;
 mod tract;

@@ -3,8 +3,10 @@
 //! engines, a model tract cannot load runs on onnxruntime, and the host default
 //! applies to models whose manifest names no engine.
 
-use runinfer::model::{BackendKind, OnnxruntimeConfig};
+use prometheus_client::metrics::counter::Counter;
+use runinfer::model::{BackendKind, ModelRegistry, OnnxruntimeConfig};
 use runinfer::run::RunOptions;
+use runinfer::tensor::Tensor;
 use runinfer::{Host, HostConfig};
 use runinfer_e2e::*;
 use serde_json::Value;
@@ -253,5 +255,72 @@ fn a_model_may_not_read_files_through_external_data() {
             error.contains("tensor `w` keeps its data in another file (\"Cargo.toml\")"),
             "{backend}: {error}"
         );
+    }
+}
+
+/// A model's sessions share its weights (onnxruntime's `AddInitializer` and one
+/// pre-packed weights container): each of three sessions opened at once must still
+/// give onnxruntime-in-Python's own numbers for every image.
+#[test]
+fn sessions_opened_at_once_share_the_weights_and_give_the_reference_outputs() {
+    let models = run_script("scripts/fetch-models.sh", &["ppocr"]);
+    let path = models.join("ppocr_cls.onnx");
+    let (images, reference) = text_lines_and_reference(&path);
+    let images: Vec<Tensor> = images
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let nested: Value = serde_json::from_slice(line).unwrap();
+            let mut values = Vec::new();
+            flatten(&nested, &mut values);
+            Tensor::from_f32(vec![1, 3, 48, 192], &values).unwrap()
+        })
+        .collect();
+    assert_eq!(images.len(), reference.len());
+    let registry = ModelRegistry::new(Counter::default(), {
+        let mut config = OnnxruntimeConfig::default();
+        config.library = Some(library());
+        config.threads = 1;
+        config.max_sessions = 3;
+        config
+    });
+    let model = registry
+        .load(&path, BackendKind::Onnxruntime, &Default::default())
+        .expect("loads");
+    let input = model.inputs()[0].name.clone();
+    // Three threads released together each hold a session while the others run.
+    let start = std::sync::Barrier::new(3);
+    std::thread::scope(|scope| {
+        for thread in 0..3 {
+            let (model, images, reference, input, start) =
+                (&model, &images, &reference, &input, &start);
+            scope.spawn(move || {
+                start.wait();
+                for round in 0..3 {
+                    for (i, (image, r)) in images.iter().zip(reference).enumerate() {
+                        let outputs = model.run_named(vec![(input.clone(), image)]).unwrap();
+                        let got: Vec<f64> = outputs[0]
+                            .1
+                            .to_f32()
+                            .iter()
+                            .map(|&p| f64::from(p))
+                            .collect();
+                        assert_all_close(
+                            &serde_json::json!(got),
+                            &r["probabilities"],
+                            1e-4,
+                            &format!("thread {thread}, round {round}, image {i}"),
+                        );
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn flatten(value: &Value, out: &mut Vec<f32>) {
+    match value {
+        Value::Array(items) => items.iter().for_each(|v| flatten(v, out)),
+        v => out.push(v.as_f64().expect("a number") as f32),
     }
 }

@@ -3,14 +3,16 @@
 //! Nothing is linked at build time, so a host without the library still builds and
 //! runs every tract model; only models that ask for onnxruntime need it.
 
+use super::initializers::{self, MIN_SHARED_BYTES};
 use super::{Backend, InputShapes, ModelError, OnnxruntimeConfig, TensorInfo};
 use crate::tensor::{DType, Tensor};
+use bytes::Bytes;
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights};
 use ort::value::{DynValue, TensorElementType, ValueType};
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 const NAME: &str = "onnxruntime";
 
@@ -80,17 +82,51 @@ fn environment(config: &OnnxruntimeConfig) -> Result<&'static Environment, Strin
 ///
 /// `ort` runs a session through `&mut` (some execution providers are not thread
 /// safe), so instances running at once each take a session of their own from a
-/// pool; it grows on demand up to `max_sessions` (each session holds its own copy of
-/// the weights, and more sessions than cores buy no speed), then callers wait for
-/// one. The model bytes are kept to open more.
+/// pool; it grows on demand up to `max_sessions` (more sessions than cores buy no
+/// speed), then callers wait for one. The sessions share the model's weights (see
+/// [`SharedWeights`]), so one more costs its own working memory, not another copy of
+/// the model. The model bytes are kept to open more.
 pub struct OrtModel {
-    bytes: Vec<u8>,
-    threads: usize,
-    max_sessions: usize,
+    // Declared before `weights`: sessions are dropped before what they borrow.
     pool: Mutex<Pool>,
     returned: Condvar,
+    /// Held while a session opens: opening parses the whole model, weights included,
+    /// so sessions opened at once each held a parse (4 MiniLM sessions: +360 MB peak).
+    opening: Mutex<()>,
+    bytes: Bytes,
+    weights: SharedWeights,
+    threads: usize,
+    max_sessions: usize,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
+}
+
+/// What the sessions of one model share. onnxruntime copies every weight into each
+/// session it opens, and packs the matrices of some kernels (MatMul, Gemm, Conv) into
+/// yet another copy; given a tensor for a weight (`AddInitializer`) a session uses it
+/// as it is, and given a pre-packed weights container, the first session's packed
+/// copies serve the others. MiniLM (90 MB), every session running: 135-143 MB more
+/// per session without, 18 MB (its working memory) with (bench/RESULTS.md, P6).
+struct SharedWeights {
+    initializers: Vec<(String, Arc<DynValue>)>,
+    prepacked: PrepackedWeights,
+}
+
+impl SharedWeights {
+    fn of(model: &Bytes) -> Result<Self, String> {
+        let initializers = initializers::large_initializers(model, MIN_SHARED_BYTES)?
+            .into_iter()
+            .map(|init| {
+                let value = value_of(init.dtype, &init.dims, &init.data)
+                    .map_err(|e| format!("initializer `{}`: {e}", init.name))?;
+                Ok((init.name, Arc::new(value)))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(SharedWeights {
+            initializers,
+            prepacked: PrepackedWeights::new(),
+        })
+    }
 }
 
 struct Pool {
@@ -104,7 +140,10 @@ impl OrtModel {
         input_shapes: &InputShapes,
         config: &OnnxruntimeConfig,
     ) -> Result<Self, String> {
-        let session = open(environment(config)?, &bytes, config.threads)?;
+        let env = environment(config)?;
+        let bytes = Bytes::from(bytes);
+        let weights = SharedWeights::of(&bytes)?;
+        let session = open(env, &bytes, &weights, config.threads)?;
         let describe = |outlets: &[ort::value::Outlet]| {
             outlets
                 .iter()
@@ -124,6 +163,7 @@ impl OrtModel {
         }
         Ok(OrtModel {
             bytes,
+            weights,
             threads: config.threads,
             max_sessions: config.max_sessions.max(1),
             pool: Mutex::new(Pool {
@@ -131,6 +171,7 @@ impl OrtModel {
                 open: 1,
             }),
             returned: Condvar::new(),
+            opening: Mutex::new(()),
             inputs,
             outputs,
         })
@@ -153,7 +194,8 @@ impl OrtModel {
             .get()
             .and_then(|(_, env)| env.as_ref().ok())
             .expect("a loaded model implies a loaded runtime");
-        open(env, &self.bytes, self.threads).map_err(|e| {
+        let _one_at_a_time = self.opening.lock().unwrap_or_else(|e| e.into_inner());
+        open(env, &self.bytes, &self.weights, self.threads).map_err(|e| {
             self.pool.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
             self.returned.notify_one();
             run_error(e)
@@ -170,9 +212,14 @@ impl OrtModel {
     }
 }
 
-fn open(env: &Environment, bytes: &[u8], threads: usize) -> Result<Session, String> {
+fn open(
+    env: &Environment,
+    bytes: &[u8],
+    weights: &SharedWeights,
+    threads: usize,
+) -> Result<Session, String> {
     let err = |e: ort::Error<_>| e.to_string();
-    Session::builder(env)
+    let mut builder = Session::builder(env)
         .map_err(|e| e.to_string())?
         .with_optimization_level(GraphOptimizationLevel::All)
         .map_err(err)?
@@ -180,8 +227,28 @@ fn open(env: &Environment, bytes: &[u8], threads: usize) -> Result<Session, Stri
         .map_err(err)?
         .with_inter_threads(1)
         .map_err(err)?
-        .commit_from_memory(bytes)
-        .map_err(|e| e.to_string())
+        .with_prepacked_weights(&weights.prepacked)
+        .map_err(err)?;
+    for (name, value) in &weights.initializers {
+        builder = builder
+            .with_initializer(name, Arc::clone(value))
+            .map_err(err)?;
+    }
+    let session = builder.commit_from_memory(bytes).map_err(|e| e.to_string());
+    release_freed_memory();
+    session
+}
+
+/// onnxruntime allocates with the C library's malloc (the host's own allocator is
+/// mimalloc), and opening a session parses the whole model — weights included —
+/// then frees the parse. glibc keeps such freed memory in its heap unless asked to
+/// give it back, which made each session look ~20 MB bigger than it is.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of glibc's heap to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn run_error(message: String) -> ModelError {
@@ -227,11 +294,15 @@ fn info(name: &str, ty: &ValueType) -> Result<TensorInfo, String> {
     })
 }
 
-/// Copies a host tensor into an onnxruntime value (the host's bytes carry no
-/// alignment guarantee, so they are decoded rather than borrowed).
+/// Copies a host tensor into an onnxruntime value.
 fn to_value(tensor: &Tensor) -> Result<DynValue, String> {
-    let shape: Vec<i64> = tensor.shape().iter().map(|&d| d as i64).collect();
-    let bytes = tensor.bytes();
+    value_of(tensor.dtype(), tensor.shape(), tensor.bytes())
+}
+
+/// An onnxruntime value of little-endian `bytes` (decoded rather than borrowed: they
+/// carry no alignment guarantee). The caller has checked that they fit the shape.
+fn value_of(dtype: DType, shape: &[usize], bytes: &[u8]) -> Result<DynValue, String> {
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
     macro_rules! typed {
         ($ty:ty) => {{
             let values: Vec<$ty> = bytes
@@ -241,7 +312,7 @@ fn to_value(tensor: &Tensor) -> Result<DynValue, String> {
             ort::value::Tensor::from_array((shape, values)).map(|t| t.into_dyn())
         }};
     }
-    match tensor.dtype() {
+    match dtype {
         DType::F32 => typed!(f32),
         DType::F64 => typed!(f64),
         DType::I8 => typed!(i8),
