@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Builds iris-c.wasm: wit-bindgen's C bindings (crate wit-bindgen-cli) + clang/lld/
-# wasi-libc from Debian -> a wasm32-wasi core module -> `wasm-tools component new`
-# (crate wasm-tools) with wasmtime's WASI preview1 adapter. Installs what is missing:
-# the Debian packages with apt-get, the tools with scripts/component-tools.sh.
+# Builds iris-c.wasm: wit-bindgen's C bindings + clang/lld/wasi-libc from Debian -> a
+# wasm32-wasi core module -> a component with wasmtime's WASI preview1 adapter (both
+# steps by scripts/component-tools, the libraries of `wit-bindgen` and `wasm-tools`).
+# Installs what is missing: the Debian packages with apt-get.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -21,15 +21,13 @@ if ! command -v clang-$llvm >/dev/null || ! command -v wasm-ld-$llvm >/dev/null 
   $sudo apt-get install -y --no-install-recommends \
     clang-$llvm lld-$llvm wasi-libc libclang-rt-$llvm-dev-wasm32 >&2
 fi
-tools=$("$root/scripts/component-tools.sh")
-adapter="$tools/wasi_snapshot_preview1.reactor.wasm"
+tool=$("$root/scripts/component-tools.sh")
 
-"$tools/bin/wit-bindgen" c "$root/wit" --world handler --out-dir "$out/bindings" >&2
+"$tool" bindgen c "$root/wit" handler "$out/bindings"
 clang-$llvm --target=wasm32-wasi -O2 -mexec-model=reactor \
   -Wall -Werror -I "$out/bindings" \
   "$here/iris.c" "$out/bindings/handler.c" "$out/bindings/handler_component_type.o" \
   -o "$out/iris-c.core.wasm"
-"$tools/bin/wasm-tools" component new "$out/iris-c.core.wasm" \
-  --adapt "wasi_snapshot_preview1=$adapter" -o "$here/iris-c.wasm"
+"$tool" new "$out/iris-c.core.wasm" "$here/iris-c.wasm"
 mkdir -p "$here/models"
 cp "$root/plugins/iris/models/iris.onnx" "$here/models/iris.onnx"

