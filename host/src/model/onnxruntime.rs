@@ -91,7 +91,8 @@ pub struct OrtModel {
     pool: Mutex<Pool>,
     returned: Condvar,
     /// Held while a session opens: opening parses the whole model, weights included,
-    /// so sessions opened at once each held a parse (4 MiniLM sessions: +360 MB peak).
+    /// and sessions opened at once each held a parse (4 MiniLM sessions: 667 MB peak
+    /// against 455 MB one at a time).
     opening: Mutex<()>,
     bytes: Bytes,
     weights: SharedWeights,
