@@ -288,7 +288,8 @@ fn sessions_opened_at_once_share_the_weights_and_give_the_reference_outputs() {
         .load(&path, BackendKind::Onnxruntime, &Default::default())
         .expect("loads");
     let input = model.inputs()[0].name.clone();
-    // Three threads released together each hold a session while the others run.
+    // Three threads released together: the pool opens more sessions (one at a time,
+    // on the shared weights) while the first ones run.
     let start = std::sync::Barrier::new(3);
     std::thread::scope(|scope| {
         for thread in 0..3 {
