@@ -163,7 +163,7 @@ def main():
     server.stop()
 
     # update_model_path: a new file for the plugin's [models] pattern is swapped in.
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory(prefix="runinfer-cache-") as cache:
         plugin = Path(tmp) / "mlp"
         (plugin / "models").mkdir(parents=True)
         source = ROOT / "plugins" / "onnx-tensor"
@@ -171,7 +171,7 @@ def main():
         shutil.copy(source / "models" / "tiny_mlp.onnx", plugin / "models" / "mlp-1.onnx")
         (plugin / "plugin.toml").write_text('name = "mlp"\ncomponent = "onnx-tensor.wasm"\n[models]\nmodel = "models/mlp-*.onnx"\n')
         h = RuninferModelHandler("mlp", plugin_dir=tmp, binary=BINARY,
-                                 serve_args=["--settle-ms", "100", "--model-cache-dir", tempfile.mkdtemp(prefix="runinfer-cache-")])
+                                 serve_args=["--settle-ms", "100", "--model-cache-dir", cache])
         server = h.load_model()
         v1, v2 = golden("tiny_mlp.jsonl")[:4], golden("tiny_mlp_v2.jsonl")[:4]
         rows = [np.asarray(g["example"], dtype=np.float32) for g in v1]
