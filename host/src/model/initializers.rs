@@ -5,9 +5,9 @@
 //! can share one copy (see `onnxruntime.rs`). This module finds what is worth
 //! sharing: the main graph's initializers that keep their data in `raw_data` (what
 //! exporters write for any tensor of size) and whose bytes agree with their type and
-//! shape. Anything else — small tensors, typed-field data, element types a host tensor cannot hold (float16…), a
-//! declared shape that does not match the bytes — stays in the model for the engine
-//! to read and judge as usual.
+//! shape. Anything else — small tensors, typed-field data, element types a host
+//! tensor cannot hold (float16…), a declared shape that does not match the bytes —
+//! stays in the model for the engine to read and judge as usual.
 
 use crate::tensor::DType;
 use bytes::Bytes;
