@@ -93,7 +93,15 @@ pub(crate) fn run_python_job(
     script: &str,
     args: &[&std::ffi::OsStr],
 ) {
+    // The job's temporary files (Beam's shared-model address files, Ray's and
+    // Spark's scratch) go in a directory of its own, removed when it ends; short,
+    // since Ray's Unix sockets live under it.
+    let temp = tempfile::Builder::new()
+        .prefix("job")
+        .tempdir_in("/tmp")
+        .unwrap();
     let out = Command::new(python_env(requirements, venv))
+        .env("TMPDIR", temp.path())
         .arg(root().join("tests/python").join(script))
         .arg(root())
         .arg(env!("CARGO_BIN_EXE_runinfer"))
